@@ -40,7 +40,9 @@ def main() -> None:
     # 1. an MLP without BatchNorm, unshuffled: must match one process with twice the batch size
     tc.seed_everything(0)
     a = mlp()
-    train, test = tc.data.digits(batch_size=16, image_size=8, channels=1, shuffle=False, drop_last=True)
+    train, test = tc.data.digits(
+        batch_size=16, image_size=8, channels=1, shuffle=False, drop_last=True
+    )
     tc.finetune(
         a,
         train,
