@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import math
@@ -20,6 +21,15 @@ from torchcompress.errors import ConfigError, DataError, NumericalError
 from torchcompress.train import Callback, LambdaCallback, TrainState, extract_logits
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread; on a shared, loaded machine more threads spin."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 class Fixed(nn.Module):
@@ -243,6 +253,29 @@ def test_resnet20_on_digits_reaches_high_accuracy():
 
 
 # --- finetune: the loop's contract -----------------------------------------------------------------
+
+
+def test_finetune_is_the_plain_loop_exactly():
+    """Same init, same shuffled loader: tc.finetune takes exactly the steps of the hand-written loop."""
+    torch.manual_seed(0)
+    init = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    a, b = init, copy.deepcopy(init)
+    loader = lambda: tc.data.digits(batch_size=64, image_size=8, channels=1, seed=3)[0]  # noqa: E731
+    train = loader()
+    total = 2 * len(train)
+    opt = torch.optim.SGD(a.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total))
+    )
+    for _ in range(2):
+        for x, y in train:
+            opt.zero_grad()
+            F.cross_entropy(a(x), y).backward()
+            opt.step()
+            sched.step()
+    tc.finetune(b, loader(), epochs=2, lr=0.05, progress=False)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
 
 
 class Recorder(Callback):

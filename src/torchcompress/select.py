@@ -275,7 +275,7 @@ def snapshot_modules(model: nn.Module) -> Iterator[dict[str, Any]]:
         >>> w = m[0].weight.detach().clone()
         >>> try:
         ...     with snapshot_modules(m):
-        ...         m[0].weight.data.zero_()
+        ...         _ = m[0].weight.data.zero_()
         ...         raise RuntimeError("boom")
         ... except RuntimeError:
         ...     pass

@@ -13,7 +13,7 @@ tuples/lists, or dicts of keyword arguments (Hugging Face style, ``"labels"`` is
 outputs may be tensors, tuples (the first element is the logits) or objects/dicts with ``.logits``.
 
 Example:
-    >>> import torchcompress as tc
+    >>> import torch, torchcompress as tc
     >>> train, test = tc.data.digits(image_size=8, channels=1)
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     >>> model = tc.finetune(model, train, epochs=3, lr=0.1, progress=False)
@@ -395,8 +395,9 @@ def _default_loss(
     if not isinstance(target, torch.Tensor):
         raise DataError(
             f"Batch {index} of {what} has no target tensor (got {_describe(target)}); the default "
-            "cross-entropy needs (inputs, targets) batches or dict batches with 'labels'. Pass "
-            "loss_fn=... for another kind of target."
+            "cross-entropy needs (inputs, targets) batches or dict batches with 'labels' (a single "
+            "(inputs, targets) tuple passed as the data is iterated element by element: wrap it in "
+            "a list). Pass loss_fn=... for another kind of target."
         )
     target = target.to(logits.device)
     layout = _class_layout(logits, target)
@@ -842,7 +843,8 @@ def evaluate(
                 if batch.target is None and loss_fn != "model":
                     raise DataError(
                         f"Batch {i} of data has no target; evaluate needs (inputs, targets) batches "
-                        "or dict batches with 'labels'."
+                        "or dict batches with 'labels'. (A single (inputs, targets) tuple passed as "
+                        "the data is iterated element by element: wrap it in a list.)"
                     )
                 output = run_model(model, batch, index=i, what="data")
                 logits = extract_logits(output)
@@ -1534,10 +1536,9 @@ class _Loop:
 
 
 def _is_iterator(data: Any) -> bool:
-    try:
-        return iter(data) is data
-    except TypeError:
-        return False
+    # Not `iter(data) is data`: iterating a shuffled DataLoader draws from its generator, which
+    # would change the order of the batches the training then sees.
+    return isinstance(data, Iterator)
 
 
 def _step_loss(

@@ -13,6 +13,15 @@ from torchcompress.errors import ConfigError
 from torchcompress.models import BasicBlock, CifarResNet, PadShortcut
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread; on a shared, loaded machine more threads spin."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
