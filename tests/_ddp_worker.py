@@ -60,13 +60,33 @@ def main() -> None:
     train_b, test_b = tc.data.digits(batch_size=32, image_size=8, channels=1)
     tc.finetune(b, train_b, epochs=3, lr=0.1, eval_data=test_b, progress=False)
 
-    tensors = {f"a.{k}": v for k, v in a.state_dict().items()}
-    tensors.update({f"b.{k}": v for k, v in b.state_dict().items()})
+    # 3. a plain list of batches (split batch by batch) and 4. a stream without len()
+    tc.seed_everything(2)
+    c = mlp()
+    tc.finetune(c, list(train), epochs=1, lr=0.05, progress=False)
+    metrics_c = tc.evaluate(c, list(test))
+    metrics_one = tc.evaluate(c, list(test)[:1])  # one batch for two ranks: rank 1's share is empty
+
+    class Stream:
+        def __iter__(self):
+            return iter(train)
+
+    tc.seed_everything(3)
+    d = mlp()
+    tc.finetune(d, Stream(), steps=50, lr=0.05, progress=False)
+
+    tensors = {
+        f"{name}.{k}": v for name, m in zip("abcd", (a, b, c, d)) for k, v in m.state_dict().items()
+    }
     torch.save(tensors, os.path.join(out, f"rank{rank}.pt"))
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(
             {
                 "metrics_a": metrics_a,
+                "metrics_c": metrics_c,
+                "metrics_one": metrics_one,
+                "steps_c": tc.train.training_history(c)[-1]["step"],
+                "steps_d": tc.train.training_history(d)[-1]["step"],
                 "history_a": tc.train.training_history(a),
                 "history_b": tc.train.training_history(b),
                 "world_sizes": sorted(set(steps_seen)),

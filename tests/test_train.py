@@ -677,6 +677,10 @@ def test_ddp_under_torchrun_matches_one_process(tmp_path):
         a["eval_accuracy"] == b["eval_accuracy"] for a, b in zip(j0["history_b"], j1["history_b"])
     )
     assert j0["history_b"][-1]["eval_accuracy"] > 0.8
+    # a list of 84 batches: 42 per rank; a stream without len(): exactly steps=50 on both ranks
+    assert j0["steps_c"] == j1["steps_c"] == 42 and j0["steps_d"] == j1["steps_d"] == 50
+    assert j0["metrics_c"] == j1["metrics_c"] and j0["metrics_c"]["samples"] == 450
+    assert j0["metrics_one"] == j1["metrics_one"] and j0["metrics_one"]["samples"] == 16
 
     # 2 ranks x 16 unshuffled samples per step == one process with 32 per step
     tc.seed_everything(0)

@@ -832,12 +832,18 @@ def evaluate(
     try:
         model.eval()
         with torch.no_grad():
-            source = iter_batches(
-                local,
-                max_batches=max_batches,
-                device=dev,
-                pass_labels=loss_fn == "model",
-                what="data",
+            # under DDP a rank's share may be empty (fewer batches than ranks): that is no error
+            empty_share = dist_.active and n_total == 0
+            source: Iterator[Batch] = (
+                iter(())
+                if empty_share
+                else iter_batches(
+                    local,
+                    max_batches=max_batches,
+                    device=dev,
+                    pass_labels=loss_fn == "model",
+                    what="data",
+                )
             )
             for i, batch in enumerate(source):
                 if batch.target is None and loss_fn != "model":
@@ -889,6 +895,8 @@ def evaluate(
     loss_sum_v, loss_count_v, counted_v = stats[0], stats[1], stats[2]
     correct_v = stats[3 : 3 + len(ks)]
     acc_ok_ranks, samples_v, batches_v = stats[3 + len(ks) :]
+    if batches_v == 0:
+        raise DataError("data yielded no batch on any rank; it must hold at least one batch.")
     acc_ok = acc_ok_ranks >= dist_.world_size - 0.5 and counted_v > 0
     result: dict[str, Any] = {
         "accuracy": correct_v[0] / counted_v if acc_ok else None,
