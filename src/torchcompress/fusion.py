@@ -654,8 +654,8 @@ def _verdict(
         return f"{bn_name!r} is not called"
     if facts.bn_input.get(bn_name) != layer_name:
         producer = facts.bn_input.get(bn_name)
-        what = repr(producer) if producer else "something other than a layer's output"
-        return f"the input of {bn_name!r} is {what}, not the output of {layer_name!r}"
+        what = f"the output of {producer!r}" if producer else "not a module's output"
+        return f"the input of {bn_name!r} is {what}, not the output of {layer_name!r} alone"
     uses = facts.uses.get(layer_name, 0)
     if uses != 1:
         others = [u for u in facts.users.get(layer_name, []) if u != repr(bn_name)]

@@ -74,13 +74,15 @@ from torch.overrides import TorchFunctionMode
 
 from .batches import Batch, as_batch
 from .costs import LayerCost, lookup_cost, register_cost
-from .errors import ShapeError, TorchCompressError
+from .errors import ConfigError, ShapeError, TorchCompressError
 from .select import matches, select_modules
 
 __all__ = [
     "LayerProfile",
     "OpCost",
     "Profile",
+    "describe_inputs",
+    "einsum_macs",
     "example_batch",
     "format_bytes",
     "format_count",
@@ -998,13 +1000,36 @@ class Profile:
         model: str,
         inputs: str,
         leaf_rows: Sequence[LayerProfile] | None = None,
+        module_types: Mapping[str, str] | None = None,
     ) -> None:
         self.rows: tuple[LayerProfile, ...] = tuple(rows)
         self.totals: dict[str, int] = dict(totals)
         self.model = model
         self.inputs = inputs
         self._leaf_rows = tuple(leaf_rows if leaf_rows is not None else rows)
+        self._module_types = dict(module_types or {r.name: r.type for r in self._leaf_rows})
         self._by_name = {r.name: r for r in self.rows}
+
+    def at_depth(self, depth: int | None) -> Profile:
+        """The same profile with rows summed into blocks at ``depth`` of the module tree.
+
+        ``0`` gives one row for the whole model, ``1`` one per child of the model, ``None`` every
+        layer.
+        """
+        _check_depth(depth)
+        rows = (
+            self._leaf_rows
+            if depth is None
+            else _aggregate(self._leaf_rows, depth, self._module_types)
+        )
+        return Profile(
+            rows,
+            self.totals,
+            model=self.model,
+            inputs=self.inputs,
+            leaf_rows=self._leaf_rows,
+            module_types=self._module_types,
+        )
 
     # -- totals -----------------------------------------------------------------------------
     @property
@@ -1082,11 +1107,13 @@ class Profile:
 
     # -- rendering --------------------------------------------------------------------------
     def _columns(self) -> list[tuple[str, str]]:
+        # sparsity columns only where they say something: some layer's work could shrink
+        sparse = any(r.effective_macs != r.macs for r in self._leaf_rows)
         cols = [("name", "name"), ("type", "type"), ("params", "params")]
-        if any(r.nonzero_params != r.params for r in self._leaf_rows):
+        if sparse:
             cols.append(("nonzero", "nonzero_params"))
         cols.append(("MACs", "macs"))
-        if any(r.effective_macs != r.macs for r in self._leaf_rows):
+        if sparse:
             cols.append(("eff. MACs", "effective_macs"))
         cols += [("FLOPs", "flops"), ("bytes", "bytes")]
         if any(r.calls > 1 for r in self.rows):
@@ -1126,6 +1153,13 @@ class Profile:
         return [c for c, _ in cols], body, total
 
     def __str__(self) -> str:
+        return self.table()
+
+    def table(self, depth: int | None = None) -> str:
+        """The readable table (``str(profile)``), optionally with rows at ``depth`` (see
+        :meth:`at_depth`)."""
+        if depth is not None:
+            return self.at_depth(depth).table()
         head, body, total = self._cells(human=True)
         widths = [max(len(x) for x in col) for col in zip(head, *body, total)]
         numeric = [h not in ("name", "type", "note") for h in head]
@@ -1147,8 +1181,11 @@ class Profile:
             f"{len(self.rows)} rows)"
         )
 
-    def to_markdown(self, human: bool = True) -> str:
-        """A Markdown table of the rows and the totals (human units unless ``human=False``)."""
+    def to_markdown(self, human: bool = True, depth: int | None = None) -> str:
+        """A Markdown table of the rows and the totals (human units unless ``human=False``;
+        rows at ``depth`` as in :meth:`at_depth`)."""
+        if depth is not None:
+            return self.at_depth(depth).to_markdown(human=human)
         head, body, total = self._cells(human=human)
         total = [f"**{c}**" if c else "" for c in total]
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -1203,6 +1240,11 @@ def _covering_ancestor(name: str, covering: set[str]) -> str:
     return name
 
 
+def _check_depth(depth: Any) -> None:
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
+        raise ConfigError(f"depth={depth!r} must be None or an integer >= 0.")
+
+
 def _has_weight_matrix(module: nn.Module) -> bool:
     return any(p.dim() >= 2 and p.is_floating_point() for p in module.parameters(recurse=False))
 
@@ -1250,10 +1292,7 @@ def profile(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"profile() needs an nn.Module, got {type(model).__name__}.")
-    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
-        from .errors import ConfigError
-
-        raise ConfigError(f"depth={depth!r} must be None or an integer >= 0.")
+    _check_depth(depth)
     if include is not None or exclude is not None:
         select_modules(model, include, exclude, types=None)  # patterns that match nothing raise
     inc = [include] if isinstance(include, str) else list(include or [])
@@ -1369,8 +1408,11 @@ def _build_profile(
         )
     totals = {f: sum(getattr(r, f) for r in rows) for f in _FIELDS}
     leaf = [r for r in rows if _selected(r.name, inc, exc)]
-    shown = leaf if depth is None else _aggregate(leaf, depth, modules, order)
-    return Profile(shown, totals, model=type(model).__name__, inputs=inputs, leaf_rows=leaf)
+    types = {name: type(m).__name__ for name, m in modules.items()}
+    result = Profile(
+        leaf, totals, model=type(model).__name__, inputs=inputs, leaf_rows=leaf, module_types=types
+    )
+    return result if depth is None else result.at_depth(depth)
 
 
 def _selected(name: str, inc: list[str], exc: list[str]) -> bool:
@@ -1380,11 +1422,9 @@ def _selected(name: str, inc: list[str], exc: list[str]) -> bool:
 
 
 def _aggregate(
-    rows: Sequence[LayerProfile],
-    depth: int,
-    modules: Mapping[str, nn.Module],
-    order: Mapping[str, int],
+    rows: Sequence[LayerProfile], depth: int, module_types: Mapping[str, str]
 ) -> list[LayerProfile]:
+    order = {name: i for i, name in enumerate(module_types)}
     groups: dict[str, list[LayerProfile]] = {}
     for r in rows:
         parts = r.name.split(".") if r.name else []
@@ -1398,13 +1438,12 @@ def _aggregate(
             for n in m.note.split("; ") if m.note else []:
                 if n not in notes and n != "not called":
                     notes.append(n)
-        module = modules[key]
-        calls = max((m.calls for m in members if m.name == key), default=0)
+        own = [m.calls for m in members if m.name == key]
         out.append(
             LayerProfile(
                 name=key,
-                type=type(module).__name__,
-                calls=calls or max(m.calls for m in members),
+                type=module_types.get(key, members[0].type),
+                calls=own[0] if own else max(m.calls for m in members),
                 note="; ".join(notes),
                 **{f: sum(getattr(m, f) for m in members) for f in _FIELDS},
             )
