@@ -394,7 +394,9 @@ def test_compressed_and_hooked_layers_are_skipped() -> None:
     class WrappedConv(nn.Conv2d):  # a subclass may compute something else
         pass
 
-    model = nn.Sequential(WrappedConv(3, 4, 1), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))
+    model = nn.Sequential(
+        WrappedConv(3, 4, 1), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+    )
     randomize_bn(model)
     from torch.nn.utils import prune
 
@@ -459,3 +461,11 @@ def test_fuse_on_cuda() -> None:
     check_fused(fresh, x, example_inputs=x)
     assert n_bn(fresh) == 0
     assert all(p.is_cuda for p in model.parameters())
+
+
+def test_bad_example_inputs_are_a_shape_error(monkeypatch) -> None:
+    hide_from_fx(monkeypatch)
+    model = randomize_bn(tc.models.resnet20())
+    with pytest.raises(ShapeError, match="'conv1'"):
+        tc.fuse(model, example_inputs=torch.randn(1, 5, 32, 32))
+    assert n_bn(model) == 19 and model.training

@@ -579,7 +579,7 @@ def test_result_rendering_and_dict() -> None:
     assert "40,551,040" in p.to_markdown(human=False)
     assert isinstance(p, Profile) and "40.55M MACs" in repr(p)
     types = p.by_type()
-    assert list(types)[0] == "Conv2d" and types["Linear"]["macs"] == 640
+    assert next(iter(types)) == "Conv2d" and types["Linear"]["macs"] == 640
     with pytest.raises(SelectionError, match="Did you mean"):
         _ = p["conv2"]
 
@@ -620,3 +620,18 @@ def test_minilm_matches_the_analytic_count() -> None:
     p = tc.profile(model, batch)
     assert p.total_macs == linear + attention
     assert p.total_params == sum(t.numel() for t in model.parameters())
+
+
+def test_uncalled_layer_is_noted_and_counted_in_params() -> None:
+    class Spare(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used = nn.Linear(4, 4)
+            self.spare = nn.Linear(4, 100)
+
+        def forward(self, x):
+            return self.used(x)
+
+    p = tc.profile(Spare(), torch.randn(1, 4))
+    assert p["spare"].note == "not called" and p["spare"].macs == 0
+    assert p.total_params == 20 + 500
