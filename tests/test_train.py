@@ -699,3 +699,18 @@ def test_ddp_under_torchrun_matches_one_process(tmp_path):
     single = tc.evaluate(ref, test)
     assert single["accuracy"] == pytest.approx(j0["metrics_a"]["accuracy"], abs=1 / 450 + 1e-9)
     assert single["loss"] == pytest.approx(j0["metrics_a"]["loss"], rel=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_follows_the_model_and_matches_cpu():
+    model = mlp().cuda()
+    tc.finetune(model, tiny_data(), progress=False)  # CPU batches go to the model's device
+    assert next(model.parameters()).is_cuda
+    on_gpu = tc.evaluate(model, tiny_data())
+    on_cpu = tc.evaluate(copy.deepcopy(model).cpu(), tiny_data())
+    assert on_gpu["accuracy"] == on_cpu["accuracy"]
+    assert on_gpu["loss"] == pytest.approx(on_cpu["loss"], rel=1e-4)
+    m = mlp()
+    tc.evaluate(m, tiny_data(), device="cuda")  # device= moves the model
+    assert next(m.parameters()).is_cuda
