@@ -309,6 +309,10 @@ def test_mnist1d_overrides_and_errors():
     assert tuple(x.shape) == (160, 1, 40) and tuple(xt.shape) == (40, 1, 40)
     x2, *_ = tc.data.mnist1d_tensors(num_samples=200, channel_dim=True)
     assert torch.equal(x, x2)  # deterministic
+    x3, *_ = tc.data.mnist1d_tensors(num_samples=200, channel_dim=True, seed=1)
+    assert not torch.equal(x, x3)
+    train, _ = tc.data.mnist1d(num_samples=200, seed=1, channel_dim=True)
+    assert torch.equal(train.dataset.tensors[0], x3)  # seed= reaches the generator
     with pytest.raises(ConfigError, match="unknown dataset argument 'num_sample'"):
         tc.data.mnist1d(num_sample=10)
     with pytest.raises(ConfigError):

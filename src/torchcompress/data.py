@@ -697,7 +697,7 @@ def mnist1d(
     shuffle: bool = True,
     num_workers: int = 0,
     drop_last: bool = False,
-    seed: int = 0,
+    seed: int | None = None,
     **dataset_args: Any,
 ) -> tuple[DataLoader[Any], DataLoader[Any]]:
     """MNIST-1D (Greydanus, "Scaling down Deep Learning", 2020) as ``(train_loader, test_loader)``.
@@ -715,7 +715,8 @@ def mnist1d(
         shuffle: shuffle the training loader.
         num_workers: DataLoader worker processes.
         drop_last: drop the last incomplete training batch.
-        seed: seed of the training loader's shuffling (the data itself follows ``dataset_args``).
+        seed: seed of the generated data set and of the training loader's shuffling (``None``: the
+            package's default data set, seed 42, and shuffling seeded with 0).
         **dataset_args: overrides of ``mnist1d.data.get_dataset_args()``.
 
     Returns:
@@ -733,6 +734,9 @@ def mnist1d(
     """
     _check_int("batch_size", batch_size, 1, owner="mnist1d")
     _check_int("num_workers", num_workers, 0, owner="mnist1d")
+    if seed is not None:
+        _check_int("seed", seed, 0, owner="mnist1d")
+        dataset_args["seed"] = seed
     x, y, xt, yt = mnist1d_tensors(channel_dim=channel_dim, **dataset_args)
     return _loaders(
         TensorDataset(x, y),
@@ -741,7 +745,7 @@ def mnist1d(
         shuffle=shuffle,
         num_workers=num_workers,
         drop_last=drop_last,
-        seed=seed,
+        seed=0 if seed is None else seed,
         pin_memory=False,
     )
 
