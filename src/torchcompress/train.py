@@ -377,6 +377,8 @@ def _class_layout(
     if logits.dim() < 2 or not logits.is_floating_point():
         return None
     if tuple(target.shape) == tuple(logits.shape[:-1]):
+        if logits.dim() == 2:  # the common case: nothing to reshape
+            return logits, target
         return logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
     if logits.dim() > 2 and tuple(target.shape) == (logits.shape[0], *logits.shape[2:]):
         return logits.movedim(1, -1).reshape(-1, logits.shape[1]), target.reshape(-1)
@@ -384,9 +386,16 @@ def _class_layout(
 
 
 def _default_loss(
-    logits: torch.Tensor | None, target: Any, *, index: int, what: str, output: Any
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy and the number of labelled positions it sums over."""
+    logits: torch.Tensor | None,
+    target: Any,
+    *,
+    index: int,
+    what: str,
+    output: Any,
+    mean: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Cross-entropy: its mean over the labelled positions (``mean``, for training; count ``None``),
+    or its sum and the number of labelled positions it sums over (for evaluation)."""
     if logits is None:
         raise DataError(
             f"Batch {index} of {what}: the model returned {_describe(output)}, which holds no logits "
@@ -403,10 +412,17 @@ def _default_loss(
     layout = _class_layout(logits, target)
     if layout is not None:
         scores, labels = layout
+        if mean and scores is logits:  # (N, C): the plain call, as a hand-written loop makes it
+            return F.cross_entropy(scores.float(), labels, ignore_index=_IGNORE_INDEX), None
         loss = F.cross_entropy(scores.float(), labels, ignore_index=_IGNORE_INDEX, reduction="sum")
-        return loss, (labels != _IGNORE_INDEX).sum()
+        count = (labels != _IGNORE_INDEX).sum()
+        if mean:  # a batch whose positions are all -100 contributes 0, not NaN
+            return loss / count.clamp_min(1), None
+        return loss, count
     if target.is_floating_point() and target.shape == logits.shape and logits.dim() == 2:
-        loss = F.cross_entropy(logits.float(), target.float(), reduction="sum")  # soft labels
+        if mean:  # soft labels
+            return F.cross_entropy(logits.float(), target.float()), None
+        loss = F.cross_entropy(logits.float(), target.float(), reduction="sum")
         return loss, torch.tensor(logits.shape[0], device=logits.device)
     raise DataError(
         f"Batch {index} of {what}: cannot take the cross-entropy of the model output "
@@ -467,6 +483,8 @@ def _correct_topk(
             return None
     scores, labels = layout
     valid = labels != _IGNORE_INDEX
+    if tuple(ks) == (1,):
+        return [((scores.argmax(dim=-1) == labels) & valid).sum()], valid.sum()
     kmax = min(max(ks), scores.shape[-1])
     top = scores.topk(kmax, dim=-1).indices  # (M, kmax)
     hits = top == labels.unsqueeze(-1)
@@ -820,11 +838,11 @@ def evaluate(
         n_total = min(n_total, max_batches)
     show = progress_enabled(progress) and dist_.rank == 0
 
-    def zero() -> torch.Tensor:
-        return torch.zeros((), dtype=torch.float64, device=dev)
-
-    loss_sum, loss_count, counted = zero(), zero(), zero()
-    correct = [zero() for _ in ks]
+    # per-batch tensors, summed once at the end (no host sync, few ops per batch)
+    loss_sums: list[torch.Tensor] = []
+    loss_counts: list[torch.Tensor] = []
+    counted: list[torch.Tensor] = []
+    correct: list[list[torch.Tensor]] = [[] for _ in ks]
     samples = batches = 0
     accuracy_possible = loss_fn != "model"
     modes = _Modes(model)
@@ -857,28 +875,30 @@ def evaluate(
                 bs = batch_size(batch)
                 if loss_fn is None:
                     s, c = _default_loss(logits, batch.target, index=i, what="data", output=output)
-                    loss_sum += s.double()
-                    loss_count += c.double()
+                    loss_sums.append(s.detach().double())
+                    loss_counts.append(typing.cast(torch.Tensor, c).double())
                 else:
                     if loss_fn == "model":
                         v = _model_loss(output, index=i, what="data")
                     else:
                         v = _user_loss(loss_fn, output, batch.target, index=i, what="data")  # type: ignore[arg-type]
                     v = v.detach().double()
-                    if v.numel() == 1:
-                        loss_sum += v.reshape(()) * bs
-                        loss_count += bs
-                    else:
-                        loss_sum += v.sum()
-                        loss_count += v.numel()
+                    if v.numel() == 1:  # a batch mean: weight it by the batch size
+                        loss_sums.append(v.reshape(()) * bs)
+                        loss_counts.append(torch.tensor(float(bs), dtype=torch.float64, device=dev))
+                    else:  # reduction="none": every element counts
+                        loss_sums.append(v.sum())
+                        loss_counts.append(
+                            torch.tensor(float(v.numel()), dtype=torch.float64, device=dev)
+                        )
                 if accuracy_possible:
                     acc = _correct_topk(logits, batch.target, ks, soft_ok=loss_fn is None)
                     if acc is None:
                         accuracy_possible = False
                     else:
                         for j, cj in enumerate(acc[0]):
-                            correct[j] += cj.double()
-                        counted += acc[1].double()
+                            correct[j].append(cj)
+                        counted.append(acc[1])
                 samples += bs
                 batches += 1
                 if bar is not None:
@@ -890,7 +910,14 @@ def evaluate(
     flags = torch.tensor(
         [float(accuracy_possible), samples, batches], dtype=torch.float64, device=dev
     )
-    stats = torch.stack([loss_sum, loss_count, counted, *correct, *flags])
+
+    def total(xs: list[torch.Tensor]) -> torch.Tensor:
+        if not xs:
+            return torch.zeros((), dtype=torch.float64, device=dev)
+        return torch.stack(xs).to(device=dev, dtype=torch.float64).sum()
+
+    sums = [total(loss_sums), total(loss_counts), total(counted), *(total(c) for c in correct)]
+    stats = torch.stack([*sums, *flags])
     stats = dist_.all_reduce_sum(stats).tolist()
     loss_sum_v, loss_count_v, counted_v = stats[0], stats[1], stats[2]
     correct_v = stats[3 : 3 + len(ks)]
@@ -1450,9 +1477,11 @@ class _Loop:
         )
         # One reduction per step: the loss for logging, and a NaN on any rank stops every rank
         # before the backward (where DDP would otherwise wait for the rank that raised).
-        names = list(parts)
+        names = [n for n in parts if len(parts) > 1]  # a lone part is the total itself
         vals = torch.stack([loss.detach().float(), *(parts[n].float() for n in names)])
-        values = (self.dist.all_reduce_sum(vals) / self.dist.world_size).tolist()
+        if self.dist.active:
+            vals = self.dist.all_reduce_sum(vals) / self.dist.world_size
+        values = vals.tolist()
         if not math.isfinite(values[0]):
             raise NumericalError(
                 f"finetune: the loss is {values[0]} at step {state.step} (epoch {epoch}, batch "
@@ -1468,7 +1497,7 @@ class _Loop:
         state.scheduler.step()
         state.step += 1
         state.loss = values[0]
-        state.losses = dict(zip(names, values[1:]))
+        state.losses = dict(zip(names, values[1:])) if names else {n: values[0] for n in parts}
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{state.loss:.4f}", lr=f"{step_lr:.3g}", refresh=False)
@@ -1584,17 +1613,20 @@ def _step_loss(
         total = d
     if teacher is None or loss_fn is not None:
         if loss_fn is None:
-            s, c = _default_loss(
-                extract_logits(output), batch.target, index=index, what="data", output=output
+            task, _ = _default_loss(
+                extract_logits(output),
+                batch.target,
+                index=index,
+                what="data",
+                output=output,
+                mean=True,
             )
-            task = s / c.clamp_min(1)
         elif loss_fn == "model":
             task = _model_loss(output, index=index, what="data")
         else:
             task = _user_loss(loss_fn, output, batch.target, index=index, what="data")
-        if task.numel() != 1:
-            task = task.mean()
-        task = task.reshape(())
+        if task.dim():
+            task = task.mean() if task.numel() != 1 else task.reshape(())
         parts["task"] = task.detach()
         total = task if total is None else total + task
     if regs:
