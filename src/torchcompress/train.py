@@ -319,9 +319,8 @@ def training_history(model: nn.Module) -> list[dict[str, Any]]:
 
     Each record has ``epoch`` (0-based), ``step`` (optimizer steps so far), ``train_loss`` (mean over
     the epoch's steps and ranks), ``lr`` (at the end of the epoch), ``time_s`` (seconds of training,
-    evaluation excluded), and, with
-    ``eval_data``, ``eval_accuracy`` / ``eval_loss`` (and ``eval_top{k}_accuracy``). The same list is
-    ``state.history`` in callbacks.
+    evaluation excluded), and, with ``eval_data``, ``eval_accuracy`` / ``eval_loss`` (and
+    ``eval_top{k}_accuracy``). The same list is ``state.history`` in callbacks.
 
     Example:
         >>> import torchcompress as tc
