@@ -99,7 +99,8 @@ def select_modules(
 
     Raises:
         SelectionError: an include or exclude pattern matches no module of the model.
-        UnsupportedModuleError: a module named exactly in ``include`` is not a supported type.
+        UnsupportedModuleError: a module named exactly in ``include`` is not a supported type and
+            holds no supported layer.
     """
     inc = _as_list(include, "include")
     exc = _as_list(exclude, "exclude")
@@ -116,6 +117,7 @@ def select_modules(
 
     skipped_prefixes: list[str] = []
     out: list[tuple[str, nn.Module]] = []
+    asked_unsupported: list[tuple[str, nn.Module]] = []
     for name, module in named:
         if any(name.startswith(p + ".") for p in skipped_prefixes):
             continue
@@ -131,13 +133,17 @@ def select_modules(
             continue
         if not supported:
             if name in inc:
-                allowed = ", ".join(t.__name__ for t in types) if types else "the supported layers"
-                raise UnsupportedModuleError(
-                    f"Module {name!r} ({type(module).__name__}) was asked for in include=, but "
-                    f"{family} supports {allowed}. Remove it from include= or pick its sub-layers."
-                )
+                asked_unsupported.append((name, module))
             continue
         out.append((name, module))
+    for name, module in asked_unsupported:
+        # a container named in include= stands for its supported sub-layers (include=["layer1"])
+        if not any(n.startswith(name + ".") for n, _ in out):
+            allowed = ", ".join(t.__name__ for t in types) if types else "the supported layers"
+            raise UnsupportedModuleError(
+                f"Module {name!r} ({type(module).__name__}) was asked for in include=, but "
+                f"{family} supports {allowed}. Remove it from include= or pick its sub-layers."
+            )
     if inc and not out:
         raise SelectionError(
             f"include={inc!r} selects no layer {family} supports"
