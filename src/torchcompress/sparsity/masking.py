@@ -29,6 +29,8 @@ Example:
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -140,11 +142,40 @@ def apply_mask(module: nn.Module, tensor_name: str, mask: torch.Tensor) -> Mask:
             existing.mask.copy_(mask)
         return existing
     p = Mask(mask)
-    parametrize.register_parametrization(module, tensor_name, p)
+    _register(module, tensor_name, p)
     from ._costs import ensure_cost_registered
 
     ensure_cost_registered(module)
     return p
+
+
+_REGISTER_LOCK = threading.Lock()
+
+
+def _register(module: nn.Module, tensor_name: str, p: Mask) -> None:
+    """``register_parametrization`` keeping the parameter's autograd accumulator.
+
+    torch re-sets the original with ``Tensor.set_`` even when it is unchanged (our right inverse is
+    the identity), which gives the parameter a new gradient accumulator: DDP, which hooks the
+    accumulators when it is constructed, would then never see that parameter's gradient, so masks
+    could not be added during distributed training. Setting a tensor to itself is a no-op, so it is
+    skipped; if torch's internals change, the plain registration is used.
+    """
+    maybe_set = getattr(parametrize, "_maybe_set", None)
+    if maybe_set is None:  # pragma: no cover - other torch versions
+        parametrize.register_parametrization(module, tensor_name, p)
+        return
+
+    def skip_self(dest: torch.Tensor, src: torch.Tensor) -> None:
+        if dest is not src:
+            maybe_set(dest, src)
+
+    with _REGISTER_LOCK:
+        parametrize._maybe_set = skip_self  # type: ignore[attr-defined]
+        try:
+            parametrize.register_parametrization(module, tensor_name, p)
+        finally:
+            parametrize._maybe_set = maybe_set  # type: ignore[attr-defined]
 
 
 def bake_masks(module: nn.Module) -> nn.Module:
