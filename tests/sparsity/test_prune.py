@@ -304,3 +304,26 @@ def test_every_layer_can_be_emptied_warns(caplog: pytest.LogCaptureFixture) -> N
         tc.prune(model, tc.PruneConfig(sparsity=0.5, scope="global"))
     assert "every weight of 1 is pruned" in caplog.text
     assert math.isclose(tc.sparsity_report(model).sparsity, 0.5)
+
+
+def test_choose_fast_path_equals_sorted_path() -> None:
+    from torchcompress.sparsity.functional import choose
+
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.randint(0, 5, (50,), generator=g).float() for _ in range(3)]  # many ties
+    sizes = [torch.ones(50, dtype=torch.long) for _ in range(3)]
+    forced = [torch.rand(50, generator=g) < 0.2 for _ in range(3)]
+    for s, f in zip(sizes, forced):
+        s[f] = 0
+    for need in (1, 17, 60, 100):
+        fast = choose(scores, sizes, forced, need)
+        slow = choose(scores, sizes, forced, need, budgets=[10**6] * 3)
+        assert all(torch.equal(a, b) for a, b in zip(fast, slow))
+        assert sum(int((c & ~f).sum()) for c, f in zip(fast, forced)) == need
+    with pytest.raises(ConfigError, match="more weights can be pruned"):
+        choose(scores, sizes, forced, 10**4)
+    one, none = [torch.ones(50, dtype=torch.long)], [torch.zeros(50, dtype=torch.bool)]
+    for need in (1, 25, 50):
+        fast = choose(scores[:1], one, none, need)[0]
+        assert torch.equal(fast, choose(scores[:1], one, none, need, budgets=[100])[0])
+        assert int(fast.sum()) == need

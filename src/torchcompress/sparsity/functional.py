@@ -89,49 +89,71 @@ def choose(
         ConfigError: ``need`` cannot be reached within the budgets.
     """
     device = scores[0].device if scores else torch.device("cpu")
-    flat_s, flat_z, flat_l, flat_i = [], [], [], []
-    for layer, (s, z, f) in enumerate(zip(scores, sizes, forced)):
-        idx = (~f).nonzero().reshape(-1)
-        flat_s.append(s.double()[idx])
-        flat_z.append(z.long()[idx])
-        flat_l.append(torch.full_like(idx, layer))
-        flat_i.append(idx)
     chosen = [f.clone() for f in forced]
-    if need <= 0 or not flat_s:
+    if need <= 0 or not scores:
         return chosen
-    s = torch.cat(flat_s).to(device)
-    z = torch.cat(flat_z).to(device)
-    lay = torch.cat(flat_l).to(device)
-    pos = torch.cat(flat_i).to(device)
-    # rank by score; the flat order is (layer, position), so a stable sort breaks ties by both
-    order = s.argsort(stable=True)
-    z_o, lay_o = z[order], lay[order]
-    if budgets is not None:
-        # running total per layer in global order; a candidate is allowed while within its budget
-        by_layer = lay_o.argsort(stable=True)
-        z_by = z_o[by_layer]
-        cum = z_by.cumsum(0)
-        starts = torch.zeros(len(scores), dtype=torch.long, device=device)
-        counts = torch.bincount(lay_o, minlength=len(scores))
-        starts[1:] = counts.cumsum(0)[:-1]
-        offset = torch.cat([torch.zeros(1, dtype=torch.long, device=device), cum])[starts]
-        within = torch.empty_like(cum)
-        within[by_layer] = cum - offset[lay_o[by_layer]]
-        b = torch.tensor([int(x) for x in budgets], dtype=torch.long, device=device)
-        allowed = within <= b[lay_o]
-        order, z_o = order[allowed], z_o[allowed]
-    cum = z_o.cumsum(0)
-    available = int(cum[-1]) if cum.numel() else 0
-    if available < need:
-        raise ConfigError(
-            f"Only {available} more weights can be pruned within the per-layer limits, but "
-            f"{need} are needed; lower the sparsity or min_density."
-        )
-    k = int(torch.searchsorted(cum, torch.tensor(need, device=device)))  # first with cum >= need
-    count = k if k > 0 and (need - int(cum[k - 1])) < (int(cum[k]) - need) else k + 1
-    picked = order[:count]
+    single = len(scores) == 1 and not bool(forced[0].any())
+    if single:  # one layer, nothing pruned yet: candidates index themselves
+        s, z = scores[0], sizes[0].long()
+        lay = torch.zeros(s.numel(), dtype=torch.long, device=device)
+        pos = None
+    else:
+        flat_s, flat_z, flat_l, flat_i = [], [], [], []
+        for layer, (sc, sz, f) in enumerate(zip(scores, sizes, forced)):
+            idx = (~f).nonzero().reshape(-1)
+            flat_s.append(sc[idx])
+            flat_z.append(sz.long()[idx])
+            flat_l.append(torch.full_like(idx, layer))
+            flat_i.append(idx)
+        s = torch.cat(flat_s).to(device)
+        z = torch.cat(flat_z).to(device)
+        lay = torch.cat(flat_l).to(device)
+        pos = torch.cat(flat_i).to(device)
+    if budgets is None and bool((z == 1).all()):
+        # unit candidates (unstructured): the `need` lowest, ties by (layer, position), found with
+        # a k-th value instead of a full sort (identical to the stable-sort prefix)
+        if s.numel() < need:
+            raise ConfigError(
+                f"Only {s.numel()} more weights can be pruned, but {need} are needed; lower the sparsity."
+            )
+        kth = s.kthvalue(need).values
+        below = s < kth
+        ties = (s == kth).nonzero().reshape(-1)[: need - int(below.sum())]
+        picked_mask = below
+        picked_mask[ties] = True
+        picked = picked_mask.nonzero().reshape(-1)
+    else:
+        # rank by score; the flat order is (layer, position), so a stable sort breaks ties by both
+        order = s.argsort(stable=True)
+        z_o, lay_o = z[order], lay[order]
+        if budgets is not None:
+            # running total per layer in global order; a candidate is allowed while within budget
+            by_layer = lay_o.argsort(stable=True)
+            cum = z_o[by_layer].cumsum(0)
+            starts = torch.zeros(len(scores), dtype=torch.long, device=device)
+            counts = torch.bincount(lay_o, minlength=len(scores))
+            starts[1:] = counts.cumsum(0)[:-1]
+            offset = torch.cat([torch.zeros(1, dtype=torch.long, device=device), cum])[starts]
+            within = torch.empty_like(cum)
+            within[by_layer] = cum - offset[lay_o[by_layer]]
+            b = torch.tensor([int(x) for x in budgets], dtype=torch.long, device=device)
+            allowed = within <= b[lay_o]
+            order, z_o = order[allowed], z_o[allowed]
+        cum = z_o.cumsum(0)
+        available = int(cum[-1]) if cum.numel() else 0
+        if available < need:
+            raise ConfigError(
+                f"Only {available} more weights can be pruned within the per-layer limits, but "
+                f"{need} are needed; lower the sparsity or min_density."
+            )
+        k = int(torch.searchsorted(cum, torch.tensor(need, device=device)))  # first cum >= need
+        count = k if k > 0 and (need - int(cum[k - 1])) < (int(cum[k]) - need) else k + 1
+        picked = order[:count]
+    if pos is None:
+        chosen[0][picked] = True
+        return chosen
     for layer in range(len(scores)):
-        sel = pos[picked[lay[picked] == layer]]
+        sel = pos[picked[lay[picked] == layer]] if len(scores) > 1 else pos[picked]
         chosen[layer][sel] = True
     return chosen
 
