@@ -19,16 +19,22 @@ __all__ = ["describe_structure", "ensure_cost_registered", "masked_cost"]
 
 
 def describe_structure(w_canonical: torch.Tensor) -> str:
-    """``"2:4"`` when every 4 consecutive inputs hold at most 2 non-zeros, ``"channel"`` when the
-    zeros are whole output rows, else ``"unstructured"`` (``"dense"`` without zeros)."""
+    """How the zeros of a canonical ``(out, in, *k)`` weight are laid out.
+
+    ``"2:4"`` when every 4 consecutive inputs hold exactly 2 non-zeros, ``"unstructured, fits 2:4"``
+    when they hold at most 2 (sparser, still runnable on 2:4 kernels), ``"channel"`` when the zeros
+    are whole output rows, else ``"unstructured"`` (``"dense"`` without zeros).
+    """
     nz = w_canonical != 0
     if bool(nz.all()):
         return "dense"
     n_in = w_canonical.shape[1]
     if n_in % 4 == 0:
         blocks = nz.movedim(1, -1).reshape(-1, 4).sum(-1)
-        if bool((blocks <= 2).all()):
+        if bool((blocks == 2).all()):
             return "2:4"
+        if bool((blocks <= 2).all()):
+            return "unstructured, fits 2:4"
     rows = nz.reshape(nz.shape[0], -1)
     if bool((rows.all(1) | ~rows.any(1)).all()):
         return "channel"
@@ -57,7 +63,7 @@ def masked_cost(
     sparsity = 1.0 - nnz / numel if numel else 0.0
     note = f"{structure} mask, {sparsity:.0%} zeros: dense kernel, no speed-up" + (
         " (2:4 can use semi-structured kernels on CUDA: tc.finalize(semi_structured=True))"
-        if structure == "2:4"
+        if "2:4" in structure
         else ""
     )
     if structure == "channel":

@@ -322,7 +322,9 @@ def prune(
         >>> _ = tc.prune(model, tc.PruneConfig(sparsity=0.75, scope="global", min_density=0.1))
         >>> round(tc.sparsity_report(model).sparsity, 4)
         0.75
-        >>> _ = tc.prune(model, tc.PruneConfig(pattern="2:4"), exclude=["2"])  # re-prune layer 0
+        >>> _ = tc.prune(model, tc.PruneConfig(sparsity=0.9), include=["0"])  # re-prune layer 0
+        >>> round(tc.sparsity_report(model)["0"].sparsity, 2)
+        0.9
     """
     cfg = _as_config(config)
     if loss_fn is not None and not callable(loss_fn):

@@ -29,8 +29,8 @@ class LayerSparsity:
         params: weight elements.
         zeros: weight elements that are exactly zero in the forward.
         masked: whether the layer carries a pruning mask.
-        structure: ``"2:4"``, ``"channel"``, ``"unstructured"`` or ``"dense"`` (see
-            :func:`torchcompress.sparsity._costs.describe_structure`).
+        structure: ``"2:4"``, ``"unstructured, fits 2:4"``, ``"channel"``, ``"unstructured"`` or
+            ``"dense"``.
         zero_channels: output channels whose weights are all zero.
     """
 
@@ -198,22 +198,21 @@ def sparsity_report(
 ) -> SparsityReport:
     """Per-layer and overall sparsity of ``model``'s prunable layers (masked or not).
 
-        Counts the zeros the forward sees (masked weights, and zeros already baked in by
-        :func:`~torchcompress.finalize`), and detects each layer's structure (2:4, whole channels).
+    Counts the zeros the forward sees (masked weights, and zeros already baked in by
+    :func:`~torchcompress.finalize`), and detects each layer's structure (2:4, whole channels).
 
-        Args:
-            model: any model.
-            include: glob patterns of layers to report (default: every Linear/conv/masked layer).
-            exclude: glob patterns of layers to leave out.
+    Args:
+        model: any model.
+        include: glob patterns of layers to report (default: every Linear/conv/masked layer).
+        exclude: glob patterns of layers to leave out.
 
-        Example:
-            >>> import torchcompress as tc
-            >>> from torch import nn
-    from torch.nn.utils import parametrize
-            >>> m = tc.prune(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2)), tc.PruneConfig(pattern="2:4"))
-            >>> r = tc.sparsity_report(m)
-            >>> r.sparsity, r["0"].structure
-            (0.5, '2:4')
+    Example:
+        >>> import torchcompress as tc
+        >>> from torch import nn
+        >>> m = tc.prune(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2)), tc.PruneConfig(pattern="2:4"))
+        >>> r = tc.sparsity_report(m)
+        >>> r.sparsity, r["0"].structure
+        (0.5, '2:4')
     """
     inc, exc = list(include or []), list(exclude or [])
     rep = SparsityReport()

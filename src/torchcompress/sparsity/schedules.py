@@ -211,7 +211,7 @@ class GradualPruning(_CallbackBase):
         applied: ``(step, sparsity)`` of every update made.
 
     Example:
-        >>> import torchcompress as tc                                            # doctest: +SKIP
+        >>> import torchcompress as tc
         >>> cb = tc.sparsity.GradualPruning(tc.SparsitySchedule("cubic", final=0.9, frequency=50))
         >>> tc.finetune(model, train_loader, epochs=5, callbacks=[cb])            # doctest: +SKIP
     """

@@ -43,7 +43,7 @@ def _why_not(name: str, module: nn.Module) -> str | None:
         return f"{name!r} is on {w.device}; semi-structured kernels need a CUDA GPU with compute capability 8.0+"
     if w.dtype not in _DTYPES:
         return f"{name!r} is {w.dtype}; semi-structured kernels need float16, bfloat16 or int8 (call model.half())"
-    if describe_structure(w.detach()) != "2:4":
+    if "2:4" not in describe_structure(w.detach()):
         return f"{name!r} is not 2:4 sparse (prune it with PruneConfig(pattern='2:4') first)"
     return None
 
