@@ -168,18 +168,53 @@ def test_hf_conv1d_is_transposed() -> None:
     assert bool(((c.weight != 0).sum(0) == 1).all())  # along the input dimension (dim 0 stored)
 
 
-def test_no_inputs_is_calibration_error() -> None:
-    class Skip(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a = nn.Linear(3, 3)
-            self.unused = nn.Linear(3, 3)
+class _Skip(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 3)
+        self.unused = nn.Linear(3, 3)
 
-        def forward(self, x):
-            return self.a(x)
+    def forward(self, x):
+        return self.a(x)
 
-    with pytest.raises(CalibrationError, match="'unused'"):
-        tc.prune(Skip(), tc.PruneConfig(criterion="wanda"), [torch.randn(2, 3)])
+
+def test_layer_without_statistics_left_alone(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from torchcompress.sparsity.masking import is_masked
+
+    m = _Skip()
+    with caplog.at_level(logging.WARNING, logger="torchcompress.sparsity.pruning"):
+        tc.prune(m, tc.PruneConfig(criterion="wanda"), [torch.randn(2, 3)])
+    assert "'unused' got no inputs" in caplog.text and "Left unpruned" in caplog.text
+    assert is_masked(m.a) and not is_masked(m.unused)
+    with pytest.raises(CalibrationError, match=r"'unused'.*overrides="):
+        tc.prune(
+            _Skip(), tc.PruneConfig(criterion="wanda"), [torch.randn(2, 3)], include=["unused"]
+        )
+    with pytest.raises(CalibrationError, match="No targeted layer"):
+        tc.prune(_Skip(), tc.PruneConfig(criterion="wanda"), [torch.randn(2, 3)], exclude=["a"])
+
+
+def test_multihead_attention_out_proj() -> None:
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, batch_first=True)
+    data = [torch.randn(2, 5, 8) for _ in range(2)]
+    tc.prune(layer, tc.PruneConfig(criterion="wanda"), data)  # out_proj's input is never seen
+    rep = tc.sparsity_report(layer)
+    assert rep["self_attn.out_proj"].sparsity == 0 and rep["linear1"].sparsity == 0.5
+    data_t = [(x, torch.randn(2, 5, 8)) for x in data]
+    tc.prune(
+        layer,
+        tc.PruneConfig(sparsity=0.6, criterion="taylor"),
+        data_t,
+        loss_fn=lambda out, y: (out - y).pow(2).mean(),
+    )
+    assert tc.sparsity_report(layer)["self_attn.out_proj"].sparsity == pytest.approx(0.6, abs=0.01)
+    layer.eval()
+    with torch.no_grad():  # the fast path reads the masked weight too
+        out = layer(data[0])
+    assert torch.isfinite(out).all()
 
 
 def test_taylor_needs_targets() -> None:

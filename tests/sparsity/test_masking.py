@@ -120,3 +120,12 @@ def test_mask_shape_checked() -> None:
 
     with pytest.raises(CompressionStateError, match="does not fit"):
         apply_mask(nn.Linear(4, 2), "weight", torch.ones(3, 3, dtype=torch.bool))
+
+
+def test_bake_keeps_autograd_accumulator() -> None:
+    lin = nn.Linear(4, 2)
+    acc = lin.weight.view_as(lin.weight).grad_fn.next_functions[0][0]
+    apply_mask(lin, "weight", torch.tensor([[1, 0, 1, 0], [0, 1, 0, 1]], dtype=torch.bool))
+    assert original(lin).view_as(original(lin)).grad_fn.next_functions[0][0] is acc
+    bake_masks(lin)
+    assert lin.weight.view_as(lin.weight).grad_fn.next_functions[0][0] is acc  # DDP's hooks stay

@@ -194,5 +194,15 @@ def bake_masks(module: nn.Module) -> nn.Module:
                 f"{type(module).__name__}.{name} carries parametrizations besides the pruning mask "
                 f"({[type(p).__name__ for p in plist]}); remove those first."
             )
-        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        if len(plist) != 1:  # several masks stacked by hand: apply them all
+            with torch.no_grad():
+                keep = plist[0].mask.clone()
+                for p in list(plist)[1:]:
+                    keep &= p.mask
+                plist[0].mask.copy_(keep)
+        # zero the original in place and drop the parametrization without torch's set_, so the
+        # parameter keeps its identity and autograd accumulator (optimizers and DDP keep working)
+        with torch.no_grad():
+            plist.original.masked_fill_(~plist[0].mask, 0)
+        parametrize.remove_parametrizations(module, name, leave_parametrized=False)
     return module

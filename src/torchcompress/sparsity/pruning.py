@@ -13,6 +13,7 @@ from torch import nn
 
 from .. import io
 from ..errors import (
+    CalibrationError,
     ConfigError,
     DataError,
     NumericalError,
@@ -248,6 +249,58 @@ def _select_pool(layers: list[_Layer]) -> None:
         lay.keep = lay.pattern.expand(ch, lay.scores, lay.alive)
 
 
+_STAT_COUNTS = {
+    "input_sq": ("rows", "inputs"),
+    "grad_abs": ("batches", "gradients"),
+    "grad_sq": ("samples", "gradients"),
+}
+
+
+def _drop_unreached(
+    model: nn.Module,
+    layers: list[_Layer],
+    stats: dict[str, LayerStats],
+    needs: dict[str, set[str]],
+    include: list[str],
+    fresh: set[str],
+) -> list[_Layer]:
+    """Leave alone the layers a data criterion got no statistics for (unless named in include).
+
+    This happens when a parent module uses a layer's weight directly instead of calling the layer
+    (``nn.MultiheadAttention.out_proj`` under Wanda), or when the loss does not depend on a layer.
+    """
+    kept = []
+    for lay in layers:
+        missing = [
+            what
+            for stat in needs.get(lay.name, ())
+            for count, what in [_STAT_COUNTS[stat]]
+            if getattr(stats[lay.name], count) == 0
+        ]
+        if not missing:
+            kept.append(lay)
+            continue
+        msg = (
+            f"Layer {lay.name!r} got no {missing[0]} from data for criterion="
+            f"{lay.cfg.criterion!r}: it is not called as a module in the forward (its parent may use "
+            "its weight directly), or the loss does not depend on it."
+        )
+        if lay.name in include:
+            raise CalibrationError(
+                msg + " Use a data-free criterion for it, e.g. overrides="
+                f"{{{lay.name!r}: {{'criterion': 'magnitude'}}}}."
+            )
+        log.warning("pruning: %s Left unpruned.", msg)
+        if lay.name in fresh:
+            bake_masks(lay.target.module)  # remove the all-ones mask this call added
+    if not kept:
+        raise CalibrationError(
+            f"No targeted layer of {type(model).__name__} got statistics from data; check that "
+            "data runs the model and that the loss depends on the pruned layers."
+        )
+    return kept
+
+
 def _broadcast(masks: list[torch.Tensor]) -> list[torch.Tensor]:
     if not (
         torch.distributed.is_available()
@@ -357,11 +410,13 @@ def prune(
         )
 
     with snapshot_modules(model):
+        fresh: set[str] = set()  # layers masked by this call (an all-ones mask for now)
         for lay in layers:
             m = lay.target.module
             if not is_masked(m):
                 w = original(m, "weight")
                 apply_mask(m, "weight", torch.ones(w.shape, dtype=torch.bool, device=w.device))
+                fresh.add(lay.name)
         stats: dict[str, LayerStats] = {}
         if needs:
             mb = [c.max_batches for t, c in zip(targets, cfgs) if t.name in needs]
@@ -375,6 +430,7 @@ def prune(
                 max_batches=max_batches,
                 progress=progress,
             )
+            layers = _drop_unreached(model, layers, stats, needs, _as_list(include), fresh)
         pools: dict[Any, list[_Layer]] = {}
         for lay in layers:
             t, kind = lay.target, lay.target.kind
