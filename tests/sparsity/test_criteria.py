@@ -233,3 +233,20 @@ def test_split_batch() -> None:
     parts = split_batch(b)
     assert len(parts) == 3 and parts[1].target.tolist() == [1]
     assert parts[2].kwargs["mask"].shape == (1, 4) and parts[2].kwargs["flag"] == 1
+
+
+@pytest.mark.parametrize(("crit", "pruned_row"), [("l1", 0), ("l2", 1), ("magnitude", 0)])
+def test_group_norms_by_hand(crit: str, pruned_row: int) -> None:
+    lin = nn.Linear(4, 2, bias=False)
+    with torch.no_grad():  # row 0: L1 3, L2 3; row 1: L1 4, L2 2
+        lin.weight.copy_(torch.tensor([[3.0, 0.0, 0.0, 0.0], [1.0, -1.0, 1.0, -1.0]]))
+    tc.prune(nn.Sequential(lin), tc.PruneConfig(sparsity=0.5, pattern="channel", criterion=crit))
+    assert (lin.weight == 0).all(1).tolist() == [pruned_row == 0, pruned_row == 1]
+
+
+def test_taylor_channel_groups_sum_element_scores() -> None:
+    from torchcompress.sparsity.patterns import ChannelPattern
+
+    s = torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.0, 0.0]])
+    c = ChannelPattern().candidates(s, torch.ones(2, 3, dtype=torch.bool), CRITERIA.get("taylor").reduce)
+    torch.testing.assert_close(c.scores, torch.tensor([0.6, 0.5]))

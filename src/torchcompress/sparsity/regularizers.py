@@ -161,7 +161,7 @@ class L1(Regularizer):
         >>> from torch import nn
         >>> lin = nn.Linear(2, 1, bias=False)
         >>> with torch.no_grad(): _ = lin.weight.copy_(torch.tensor([[1.0, -2.0]]))
-        >>> float(tc.sparsity.L1(0.5)(nn.Sequential(lin)))
+        >>> tc.sparsity.L1(0.5)(nn.Sequential(lin)).detach().item()
         1.5
     """
 
