@@ -61,15 +61,11 @@ def masked_cost(
             effective = per_weight * nnz
         structure = describe_structure(kind.to_canonical(module, w))
     sparsity = 1.0 - nnz / numel if numel else 0.0
-    note = f"{structure} mask, {sparsity:.0%} zeros: dense kernel, no speed-up" + (
-        " (2:4 can use semi-structured kernels on CUDA: tc.finalize(semi_structured=True))"
-        if "2:4" in structure
-        else ""
-    )
-    if structure == "channel":
-        note = (
-            f"channel mask, {sparsity:.0%} zeros: dense kernel; tc.prune_channels removes channels"
-        )
+    note = f"{structure} mask, {sparsity:.0%} zeros: dense kernel, no speed-up"
+    if "2:4" in structure:
+        note += " (CUDA 2:4 kernels: tc.finalize(semi_structured=True))"
+    elif structure == "channel":
+        note += " (tc.prune_channels removes channels)"
     return LayerCost(
         macs=macs,
         params=numel + b_numel,
