@@ -248,5 +248,7 @@ def test_taylor_channel_groups_sum_element_scores() -> None:
     from torchcompress.sparsity.patterns import ChannelPattern
 
     s = torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.0, 0.0]])
-    c = ChannelPattern().candidates(s, torch.ones(2, 3, dtype=torch.bool), CRITERIA.get("taylor").reduce)
+    c = ChannelPattern().candidates(
+        s, torch.ones(2, 3, dtype=torch.bool), CRITERIA.get("taylor").reduce
+    )
     torch.testing.assert_close(c.scores, torch.tensor([0.6, 0.5]))
