@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> Report:
         WORK / f"prune_cnn_{args.model}_{image_size}px_{base_epochs}ep_seed{args.seed}.safetensors"
     )
     t0 = time.perf_counter()
-    if cache.exists():
+    cached = cache.exists()
+    if cached:
         tc.load(cache, base)
     else:
         fit(base, train, base_epochs, args.lr * 2, seed=args.seed)
@@ -293,7 +294,8 @@ def main(argv: list[str] | None = None) -> Report:
     rep.add(
         f"{args.model} trained {base_epochs} epochs on digits ({image_size}x{image_size}, "
         f"{len(train.dataset)} train / {n_test} test images): dense accuracy **{base_acc:.2%}** "
-        f"(training {base_time:.0f} s). Every pruned variant gets the same fine-tuning budget: "
+        + ("(cached from an earlier run). " if cached else f"(training {base_time:.0f} s). ")
+        + f"Every pruned variant gets the same fine-tuning budget: "
         f"{ft_epochs} epoch(s) of SGD (lr {args.lr}, momentum 0.9, cosine); 'gradual' prunes during "
         f"those epochs along a cubic schedule (target reached at half of the steps). One test image is "
         f"{1 / n_test:.2%}, so differences below about a point are noise."
