@@ -1,0 +1,208 @@
+"""Masks that last: a parametrization that keeps pruned weights exactly zero.
+
+A pruned tensor (``weight``, and ``bias`` for filter pruning) is registered with
+:func:`torch.nn.utils.parametrize.register_parametrization` and a :class:`Mask`: the module keeps the
+dense ``original`` as its trainable parameter and a boolean ``mask`` buffer, and every access to
+``module.weight`` returns ``where(mask, original, 0)``. Consequences:
+
+- pruned entries are exactly zero in every forward, whatever the optimizer does to ``original``
+  (their gradient is zero; momentum and weight decay cannot make them non-zero in the forward);
+- the mask is a plain buffer in the ``state_dict`` (``<layer>.parametrizations.weight.0.mask``), so
+  it survives ``state_dict``/``load_state_dict``, :func:`torchcompress.save`/:func:`torchcompress.load`,
+  ``copy.deepcopy``, ``.to(device/dtype)``, DDP (a buffer) and ``torch.compile``;
+- assigning ``module.weight = w`` stores ``w`` as the new original (the mask still applies).
+
+The original values under the mask are kept (not zeroed), as in ``torch.nn.utils.prune``: pruning
+again with ``regrow=True`` can bring them back. Pickling a whole masked module (``torch.save(model)``)
+is not supported by torch's parametrizations; use :func:`torchcompress.save`, a ``state_dict``, or
+:func:`torchcompress.finalize` first.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from torchcompress.sparsity.masking import apply_mask, get_mask
+    >>> lin = nn.Linear(4, 2)
+    >>> _ = apply_mask(lin, "weight", torch.tensor([[1, 0, 1, 0], [0, 1, 0, 1]], dtype=torch.bool))
+    >>> int((lin.weight == 0).sum()), get_mask(lin).sum().item()
+    (4, 4)
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..errors import CompressionStateError
+
+__all__ = [
+    "Mask",
+    "apply_mask",
+    "bake_masks",
+    "get_mask",
+    "is_masked",
+    "mask_parametrization",
+    "masked_tensor_names",
+    "original",
+]
+
+
+class Mask(nn.Module):
+    """Parametrization ``x -> where(mask, x, 0)`` with a boolean ``mask`` buffer.
+
+    Args:
+        mask: boolean tensor of the parametrized tensor's shape (``True`` = kept).
+    """
+
+    mask: torch.Tensor
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask.to(torch.bool))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+    def right_inverse(self, x: torch.Tensor) -> torch.Tensor:
+        """Assigning ``module.weight = x`` stores ``x`` as the original; the mask still applies."""
+        return x
+
+    def extra_repr(self) -> str:
+        n = self.mask.numel()
+        kept = int(self.mask.sum()) if n else 0
+        return f"shape={tuple(self.mask.shape)}, kept={kept}/{n}"
+
+
+def mask_parametrization(module: nn.Module, tensor_name: str = "weight") -> Mask | None:
+    """The :class:`Mask` parametrizing ``module.<tensor_name>``, or ``None``."""
+    if not parametrize.is_parametrized(module, tensor_name):
+        return None
+    plist = module.parametrizations[tensor_name]  # type: ignore[index]
+    for p in plist:
+        if isinstance(p, Mask):
+            return p
+    return None
+
+
+def is_masked(module: nn.Module, tensor_name: str = "weight") -> bool:
+    """Whether ``module.<tensor_name>`` carries a pruning mask."""
+    return mask_parametrization(module, tensor_name) is not None
+
+
+def masked_tensor_names(module: nn.Module) -> list[str]:
+    """Names of the module's tensors that carry a pruning mask (``["weight"]``, ``["weight", "bias"]``)."""
+    if not parametrize.is_parametrized(module):
+        return []
+    return [n for n in module.parametrizations if mask_parametrization(module, n) is not None]  # type: ignore[union-attr]
+
+
+def get_mask(module: nn.Module, tensor_name: str = "weight") -> torch.Tensor | None:
+    """The boolean keep-mask of ``module.<tensor_name>`` (shape of the tensor), or ``None``."""
+    p = mask_parametrization(module, tensor_name)
+    return None if p is None else p.mask
+
+
+def original(module: nn.Module, tensor_name: str = "weight") -> torch.Tensor:
+    """The unmasked tensor: the parametrization's ``original`` if masked, else the tensor itself."""
+    if parametrize.is_parametrized(module, tensor_name):
+        return module.parametrizations[tensor_name].original  # type: ignore[index,return-value]
+    return getattr(module, tensor_name)
+
+
+def apply_mask(module: nn.Module, tensor_name: str, mask: torch.Tensor) -> Mask:
+    """Mask ``module.<tensor_name>`` with ``mask`` (replacing the current mask if there is one).
+
+    Args:
+        module: the layer (its class is swapped for torch's ``Parametrized<Class>`` subclass).
+        tensor_name: ``"weight"`` or ``"bias"``.
+        mask: boolean keep-mask of the tensor's shape.
+
+    Returns:
+        The :class:`Mask` parametrization.
+
+    Raises:
+        CompressionStateError: the tensor is missing or the mask does not have its shape.
+    """
+    current = original(module, tensor_name) if hasattr(module, tensor_name) else None
+    if not isinstance(current, torch.Tensor):
+        raise CompressionStateError(
+            f"{type(module).__name__} has no tensor {tensor_name!r} to mask."
+        )
+    if tuple(mask.shape) != tuple(current.shape):
+        raise CompressionStateError(
+            f"Mask of shape {tuple(mask.shape)} does not fit {type(module).__name__}.{tensor_name} "
+            f"of shape {tuple(current.shape)}."
+        )
+    mask = mask.to(device=current.device, dtype=torch.bool)
+    existing = mask_parametrization(module, tensor_name)
+    if existing is not None:
+        with torch.no_grad():
+            existing.mask.copy_(mask)
+        return existing
+    p = Mask(mask)
+    _register(module, tensor_name, p)
+    from ._costs import ensure_cost_registered
+
+    ensure_cost_registered(module)
+    return p
+
+
+_REGISTER_LOCK = threading.Lock()
+
+
+def _register(module: nn.Module, tensor_name: str, p: Mask) -> None:
+    """``register_parametrization`` keeping the parameter's autograd accumulator.
+
+    torch re-sets the original with ``Tensor.set_`` even when it is unchanged (our right inverse is
+    the identity), which gives the parameter a new gradient accumulator: DDP, which hooks the
+    accumulators when it is constructed, would then never see that parameter's gradient, so masks
+    could not be added during distributed training. Setting a tensor to itself is a no-op, so it is
+    skipped; if torch's internals change, the plain registration is used.
+    """
+    maybe_set = getattr(parametrize, "_maybe_set", None)
+    if maybe_set is None:  # pragma: no cover - other torch versions
+        parametrize.register_parametrization(module, tensor_name, p)
+        return
+
+    def skip_self(dest: torch.Tensor, src: torch.Tensor) -> None:
+        if dest is not src:
+            maybe_set(dest, src)
+
+    with _REGISTER_LOCK:
+        parametrize._maybe_set = skip_self  # type: ignore[attr-defined]
+        try:
+            parametrize.register_parametrization(module, tensor_name, p)
+        finally:
+            parametrize._maybe_set = maybe_set  # type: ignore[attr-defined]
+
+
+def bake_masks(module: nn.Module) -> nn.Module:
+    """Remove the module's pruning masks, leaving plain tensors with the zeros baked in.
+
+    Only :class:`Mask` parametrizations are removed; a tensor that also carries other
+    parametrizations (e.g. weight normalisation) cannot be baked separately and is an error.
+
+    Raises:
+        CompressionStateError: a masked tensor also carries another parametrization.
+    """
+    for name in masked_tensor_names(module):
+        plist = module.parametrizations[name]  # type: ignore[index]
+        if any(not isinstance(p, Mask) for p in plist):
+            raise CompressionStateError(
+                f"{type(module).__name__}.{name} carries parametrizations besides the pruning mask "
+                f"({[type(p).__name__ for p in plist]}); remove those first."
+            )
+        if len(plist) != 1:  # several masks stacked by hand: apply them all
+            with torch.no_grad():
+                keep = plist[0].mask.clone()
+                for p in list(plist)[1:]:
+                    keep &= p.mask
+                plist[0].mask.copy_(keep)
+        # zero the original in place and drop the parametrization without torch's set_, so the
+        # parameter keeps its identity and autograd accumulator (optimizers and DDP keep working)
+        with torch.no_grad():
+            plist.original.masked_fill_(~plist[0].mask, 0)
+        parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+    return module
