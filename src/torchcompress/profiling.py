@@ -1389,7 +1389,7 @@ def _build_profile(
             notes.append("not called")
         elif acc.macs == 0 and cost is None and _has_weight_matrix(module) and name not in covering:
             notes.append(f"MACs not counted: no cost formula for {type(module).__name__}")
-        if acc.macs and acc.effective_macs < acc.macs and n_nonzero < n_params:
+        if acc.macs and acc.effective_macs < acc.macs and n_nonzero < n_params and not acc.notes:
             zeros = 100.0 * (n_params - n_nonzero) / max(n_params, 1)
             notes.append(f"{zeros:.0f}% zeros: dense kernels still run all MACs")
         rows.append(
