@@ -55,7 +55,7 @@ from __future__ import annotations
 
 from . import codecs as _codecs  # noqa: F401  (registers codecs and profiler costs)
 from .converting import IntLayer, convert
-from .graph import FoldedBatchNorm, QuantGraph
+from .graph import QuantGraph
 from .kernels import KERNELS
 from .kmeans import KMeansLayer, kmeans_quantize
 from .modules import FakeQuantize, QuantConv1d, QuantConv2d, QuantLayer, QuantLinear
@@ -68,7 +68,6 @@ __all__ = [
     "KERNELS",
     "OBSERVERS",
     "FakeQuantize",
-    "FoldedBatchNorm",
     "IntLayer",
     "IntSpec",
     "KMeansLayer",

@@ -11,7 +11,7 @@ from torch import nn
 from .. import io
 from ..costs import LayerCost, register_cost
 from .converting import IntLayer
-from .graph import FoldedBatchNorm, QuantGraph, rebuild
+from .graph import QuantGraph, rebuild
 from .kmeans import KMeansLayer
 from .modules import FakeQuantize, QuantConv1d, QuantConv2d, QuantLayer, QuantLinear
 from .spec import IntSpec
@@ -230,21 +230,6 @@ class KMeansCodec(io.ModuleCodec):
         )
 
 
-class FoldedBatchNormCodec(io.ModuleCodec):
-    """BatchNorms folded into the previous layer by graph-mode quantization."""
-
-    name = "torchcompress.quant.folded_bn"
-
-    def matches(self, module: nn.Module) -> bool:
-        return type(module) is FoldedBatchNorm
-
-    def encode(self, module: nn.Module) -> dict[str, Any]:
-        return {"num_features": getattr(module, "num_features", 0)}
-
-    def decode(self, spec: dict[str, Any], current: nn.Module) -> nn.Module:
-        return FoldedBatchNorm(spec["num_features"])
-
-
 class QuantGraphCodec(io.ModuleCodec):
     """The graph-mode container: re-traces the fresh model and re-binds its (integer) graph."""
 
@@ -275,7 +260,7 @@ class QuantGraphCodec(io.ModuleCodec):
         rebuild(model, container)
 
 
-for _codec in (QuantLayerCodec(), IntLayerCodec(), KMeansCodec(), FoldedBatchNormCodec(), QuantGraphCodec()):
+for _codec in (QuantLayerCodec(), IntLayerCodec(), KMeansCodec(), QuantGraphCodec()):
     io.register_codec(_codec)
 
 

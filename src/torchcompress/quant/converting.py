@@ -359,7 +359,11 @@ class IntLayer(nn.Module):
     def _apply(self, fn: Any, recurse: bool = True) -> IntLayer:
         self._kernel = None  # device or dtype change: re-pack on next use
         self._qp = {}
-        return super()._apply(fn, recurse)
+        super()._apply(fn, recurse)
+        from .modules import _keep_float32
+
+        _keep_float32(self, ("weight_scale", "input_scale", "output_scale", "accum_scale"))
+        return self
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -674,6 +678,23 @@ def convert(model: nn.Module) -> nn.Module:
     container = container_of(model)
     from ..select import snapshot_modules
 
+    bound = model.__dict__.get("forward")
+    converted = container.converted if container is not None else False
+    try:
+        _convert(model, container)
+    except BaseException:
+        if bound is not None:
+            model.__dict__["forward"] = bound
+        if container is not None:
+            container.converted = converted
+        raise
+    io.add_history(model, "convert", {})
+    return model
+
+
+def _convert(model: nn.Module, container: Any) -> None:
+    from ..select import snapshot_modules
+
     with snapshot_modules(model):
         if container is not None and not container.converted:
             if container.fake_graph is None:  # e.g. unpickled: trace it again
@@ -688,6 +709,4 @@ def convert(model: nn.Module) -> nn.Module:
                 layer, input_fq=layer.input_quant, output_fq=layer.output_quant
             )
             set_module(model, name, new)
-    io.add_history(model, "convert", {})
-    return model
 

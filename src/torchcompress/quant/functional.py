@@ -97,7 +97,8 @@ def choose_qparams(
       (``lo >= 0``), else a mid-range zero point;
     - asymmetric: ``scale = (hi - lo) / (qmax - qmin)``, ``zero_point = qmin - round(lo / scale)``;
       with ``include_zero`` the range is first widened to contain 0 and the computation follows
-      fbgemm's ``ChooseQuantizationParams`` exactly (so a simulation matches the dynamic kernels).
+      fbgemm's ``ChooseQuantizationParams`` exactly (so a simulation matches the dynamic kernels;
+      for formats of at most 8 bits this includes its floor of :data:`ACT_MIN_SCALE` on scales).
       Without it a range that excludes zero keeps its full resolution and the zero point may fall
       outside ``[qmin, qmax]``.
 
@@ -133,10 +134,13 @@ def choose_qparams(
                 torch.full_like(scale, float(qmin)),
                 torch.full_like(scale, float((qmin + qmax + 1) // 2)),
             )
-        scale = scale.float().clamp(min=SCALE_EPS if not include_zero else ACT_MIN_SCALE)
+        act_floor = ACT_MIN_SCALE if span <= 255 else SCALE_EPS
+        scale = scale.float().clamp(min=act_floor if include_zero else SCALE_EPS)
         return scale, zp.to(torch.int32)
     if include_zero:
-        return _fbgemm_qparams(lo_t, hi_t, qmin, qmax)
+        return _fbgemm_qparams(
+            lo_t, hi_t, qmin, qmax, min_scale=ACT_MIN_SCALE if span <= 255 else SCALE_EPS
+        )
     scale = ((hi_t - lo_t) / span).float().clamp(min=SCALE_EPS)
     s64 = scale.double()
     zp = qmin - torch.round(lo_t / s64)

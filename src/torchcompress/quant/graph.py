@@ -4,7 +4,7 @@ Calling a quantized convolution per layer, with a quantize before and a dequanti
 spends much of the int8 gain on conversions. Where a model traces with ``torch.fx``, :func:`quantize`
 instead plans quantization on the whole graph, the way the integer model will run it:
 
-- BatchNorm after a convolution (or Linear) is folded into it first.
+- BatchNorm after a convolution (or Linear) is folded into it first (:func:`torchcompress.fuse`).
 - A *group* is a quantized convolution or Linear, optionally followed by a residual add into it
   (convolutions: oneDNN adds the other operand, itself integer, inside the kernel) and by a ReLU /
   ReLU6; the group's output is quantized once, after the activation, where the integer kernel
@@ -42,26 +42,11 @@ from ..errors import CompressionStateError, SelectionError
 from ..select import get_module, set_module
 from .modules import FakeQuantize, QuantConv1d, QuantConv2d, QuantLayer, QuantLinear
 
-__all__ = ["FoldedBatchNorm", "GraphPlan", "QuantGraph", "prepare_graph", "trace_model"]
+__all__ = ["GraphPlan", "QuantGraph", "prepare_graph", "trace_model"]
 
 log = logging.getLogger(__name__)
 
 GRAPH_ATTR = "quant_graph"
-
-
-class FoldedBatchNorm(nn.Identity):
-    """Where a BatchNorm was: its statistics were folded into the preceding layer's weights.
-
-    Args:
-        num_features: the BatchNorm's number of features (kept for the record).
-    """
-
-    def __init__(self, num_features: int = 0) -> None:
-        super().__init__()
-        self.num_features = num_features
-
-    def extra_repr(self) -> str:
-        return f"{self.num_features}, folded into the previous layer"
 
 
 # --- tracing -----------------------------------------------------------------------------------
@@ -83,7 +68,7 @@ class _Tracer(fx.Tracer):
 
         if qualname in self.leaf_names:
             return True
-        if isinstance(m, QuantLayer | IntLayer | FakeQuantize | FoldedBatchNorm):
+        if isinstance(m, QuantLayer | IntLayer | FakeQuantize):
             return True
         if type(m).__module__.startswith("torch.nn") and not _is_container(m):
             return True
@@ -198,7 +183,7 @@ def _pass_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
     """How an op treats an integer input: ``"same"`` (exact as is), ``"relu"``, ``"pad"``, or ``None``."""
     m = _module_of(node, modules)
     if m is not None:
-        if isinstance(m, (*_PASS_MODULES, FoldedBatchNorm)):
+        if isinstance(m, _PASS_MODULES):
             return "same"
         if type(m) is nn.ReLU:
             return "relu"
@@ -422,56 +407,8 @@ def insert_points(graph: fx.Graph, points: list[Point]) -> None:
     graph.lint()
 
 
-# --- BatchNorm folding ---------------------------------------------------------------------
-
-
-def fold_batchnorms(model: nn.Module, graph: fx.Graph, targets: set[str]) -> list[str]:
-    """Fold each BatchNorm that directly follows a targeted conv/Linear into it (in place).
-
-    Returns:
-        The names of the BatchNorms folded (now :class:`FoldedBatchNorm`).
-    """
-    modules = dict(model.named_modules())
-    folded = []
-    for node in graph.nodes:
-        bn = _module_of(node, modules)
-        if not isinstance(bn, nn.BatchNorm1d | nn.BatchNorm2d) or not node.args:
-            continue
-        prev = node.args[0]
-        if not isinstance(prev, fx.Node) or prev.op != "call_module" or str(prev.target) not in targets:
-            continue
-        if len(prev.users) != 1 or bn.running_mean is None or bn.running_var is None:
-            continue
-        layer = modules[str(prev.target)]
-        out_ch = layer.weight.shape[0]
-        if bn.num_features != out_ch:
-            continue
-        if isinstance(layer, nn.Linear) and not isinstance(bn, nn.BatchNorm1d):
-            continue
-        with torch.no_grad():
-            inv = torch.rsqrt(bn.running_var.float() + bn.eps)
-            gamma = bn.weight.float() if bn.weight is not None else torch.ones_like(inv)
-            beta = bn.bias.float() if bn.bias is not None else torch.zeros_like(inv)
-            factor = gamma * inv
-            w = layer.weight
-            shape = (-1,) + (1,) * (w.dim() - 1)
-            w.copy_((w.float() * factor.reshape(shape)).to(w.dtype))
-            b = layer.bias.float() if layer.bias is not None else torch.zeros_like(inv)
-            new_b = (b - bn.running_mean.float()) * factor + beta
-            if layer.bias is None:
-                layer.bias = nn.Parameter(new_b.to(w.dtype))
-            else:
-                layer.bias.copy_(new_b.to(layer.bias.dtype))
-        name = str(node.target)
-        set_module(model, name, FoldedBatchNorm(bn.num_features).train(bn.training))
-        folded.append(name)
-    return folded
-
-
-def prepare_graph(
-    model: nn.Module, config: Any, targets: list[str], *, reduce: str, fold_bn: bool = True
-) -> GraphPlan | None:
-    """Trace ``model`` and fold BatchNorms, before the layers are replaced (see the module docs).
+def prepare_graph(model: nn.Module, targets: list[str]) -> GraphPlan | None:
+    """Trace ``model`` before its layers are replaced (see the module docs).
 
     Returns:
         The plan, or ``None`` when the model does not trace (quantize layer by layer).
@@ -484,9 +421,7 @@ def prepare_graph(
     visible = [t for t in targets if t in call_targets]
     if not visible:
         return None
-    if fold_bn:
-        fold_batchnorms(model, graph, set(visible))
-    _strip_folded(graph, dict(model.named_modules()))
+    _strip_identities(graph, dict(model.named_modules()))
     return GraphPlan(graph=graph, leaf_names=leaves, targets=targets, visible=set(visible))
 
 
@@ -549,7 +484,7 @@ def rebuild(model: nn.Module, container: QuantGraph) -> None:
 
     targets = {n for n, m in modules.items() if isinstance(m, QuantLayer | IntLayer)}
     graph = _strip_points(graph, modules)
-    _strip_folded(graph, modules)
+    _strip_identities(graph, modules)
     points = plan_points(graph, modules, targets)
     names = sorted(p.name for p in points)
     if names != sorted(container.quantizers.keys()):
@@ -569,10 +504,10 @@ def rebuild(model: nn.Module, container: QuantGraph) -> None:
         container.bind(model, int_graph)
 
 
-def _strip_folded(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
-    """Drop the calls of folded BatchNorms (identities), so layers and activations are adjacent."""
+def _strip_identities(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
+    """Drop calls of ``nn.Identity`` (e.g. folded BatchNorms), so layers and activations are adjacent."""
     for node in list(graph.nodes):
-        if isinstance(_module_of(node, modules), FoldedBatchNorm) and node.args:
+        if type(_module_of(node, modules)) is nn.Identity and node.args:
             node.replace_all_uses_with(node.args[0])  # type: ignore[arg-type]
             graph.erase_node(node)
 

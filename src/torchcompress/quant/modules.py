@@ -95,6 +95,7 @@ class FakeQuantize(nn.Module):
             self.shape = None
             qshape = (1,)
         self.register_buffer("scale", torch.ones(qshape))
+        self.scale._tc_keep_dtype = True  # replace_modules keeps it float32
         self.register_buffer("zero_point", torch.zeros(qshape, dtype=torch.int32))
         self.observer_name = observer if isinstance(observer, str) else type(observer).__name__
         if isinstance(observer, Observer):
@@ -116,6 +117,11 @@ class FakeQuantize(nn.Module):
         self.calibrated = self.dynamic
         #: observe ``max(x, 0)`` (an output followed by a ReLU in the integer graph)
         self.observe_relu = False
+
+    def _apply(self, fn: Any, recurse: bool = True) -> FakeQuantize:
+        super()._apply(fn, recurse)
+        _keep_float32(self, ("scale",))
+        return self
 
     # -- calibration ----------------------------------------------------------------------
 
@@ -197,6 +203,17 @@ class FakeQuantize(nn.Module):
             rng = f", range=[{self.quant_min}, {self.quant_max}]"
         how = "dynamic" if self.dynamic else self.observer_name
         return f"{self.spec.short()}{rng}, {how}"
+
+
+def _keep_float32(module: nn.Module, names: tuple[str, ...]) -> None:
+    """Scales stay float32 whatever the model's dtype (``.half()``, ``.to(torch.bfloat16)``)."""
+    for n in names:
+        t = getattr(module, n, None)
+        if isinstance(t, Tensor) and t.is_floating_point() and t.dtype != torch.float32:
+            if isinstance(t, nn.Parameter):
+                t.data = t.data.float()
+            else:
+                module._buffers[n] = t.float()
 
 
 class QuantLayer(nn.Module):

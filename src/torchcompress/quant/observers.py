@@ -437,6 +437,8 @@ class KLObserver(HistogramObserver):
     """
 
     max_candidates = 1024
+    #: candidates per group when observing weights exactly (one search per output channel)
+    max_candidates_exact = 128
 
     def compute_range(self) -> tuple[Tensor, Tensor]:
         levels_signed = (self.qmax - self.qmin + 1) // 2
@@ -467,7 +469,7 @@ class KLObserver(HistogramObserver):
         for i in range(g):
             L = min(levels_full, b)
             z = float(((-lo[i]) / width[i]).clamp(0, b))
-            n = min(self.max_candidates, b)
+            n = min(self._max_candidates(), b)
             alphas = torch.linspace(L / b, 1.0, n, device=hist.device, dtype=torch.float64)
             starts = torch.floor(z - alphas * z).long().clamp_(0, b - 1)
             ends = torch.ceil(z + alphas * (b - z)).long().clamp_(1, b)
@@ -479,16 +481,19 @@ class KLObserver(HistogramObserver):
             out_hi[i] = lo[i] + ends[best].float() * width[i]
         return out_lo, out_hi
 
+    def _max_candidates(self) -> int:
+        return self.max_candidates_exact if self.exact else self.max_candidates
+
     def _ends(self, levels: int, b: int, device: torch.device) -> Tensor:
         lo_end = min(levels, b)
         n = b - lo_end + 1
-        if n <= self.max_candidates:
+        if n <= self._max_candidates():
             return torch.arange(lo_end, b + 1, device=device)
-        return torch.linspace(lo_end, b, self.max_candidates, device=device).round().long().unique()
+        return torch.linspace(lo_end, b, self._max_candidates(), device=device).round().long().unique()
 
 
 def _kl_best_window(
-    hist: Tensor, starts: Tensor, ends: Tensor, levels: int, chunk: int = 128
+    hist: Tensor, starts: Tensor, ends: Tensor, levels: int, chunk: int = 256
 ) -> int:
     """Index of the window ``[starts[c], ends[c])`` of ``hist`` with the smallest KL(P || Q)."""
     b = hist.shape[0]
@@ -501,7 +506,6 @@ def _kl_best_window(
     for i in range(0, starts.numel(), chunk):
         s = starts[i : i + chunk].unsqueeze(1)
         e = ends[i : i + chunk].unsqueeze(1)
-        n = (e - s).double()
         inside = (bins >= s) & (bins < e)
         p = torch.where(inside, h, h.new_zeros(()))
         left = cum[s.squeeze(1)]
@@ -509,7 +513,9 @@ def _kl_best_window(
         p = p.scatter_add(1, s, left.unsqueeze(1))
         p = p.scatter_add(1, e - 1, right.unsqueeze(1))
         # merge the window into `levels` chunks and expand back over the non-empty bins
-        chunk_id = torch.floor((bins - s).double() * levels / n).long().clamp_(0, levels - 1)
+        # TensorRT's partition: level j covers bins [floor(j n / L), floor((j + 1) n / L))
+        rel = (bins - s).clamp(min=0)
+        chunk_id = (((rel + 1) * levels + (e - s) - 1) // (e - s) - 1).clamp_(0, levels - 1)
         q_in = torch.where(inside, h, h.new_zeros(()))
         nz_in = torch.where(inside, nonzero, h.new_zeros(()))
         sums = h.new_zeros(p.shape[0], levels).scatter_add_(1, chunk_id, q_in)
@@ -533,11 +539,11 @@ def _kl_best_window(
 SAWB_COEFFICIENTS: dict[int, tuple[float, float]] = {
     2: (3.442, 2.347),
     3: (7.544, 6.822),
-    4: (0.0, 0.0),
-    5: (0.0, 0.0),
-    6: (0.0, 0.0),
-    7: (0.0, 0.0),
-    8: (0.0, 0.0),
+    4: (13.043, 13.158),
+    5: (19.606, 20.823),
+    6: (27.006, 29.512),
+    7: (35.813, 39.904),
+    8: (47.372, 53.572),
 }
 
 

@@ -274,8 +274,8 @@ def quantize(
       ``config.observer`` (streaming statistics, bounded memory). Where the model traces with
       ``torch.fx`` (``graph="auto"``), quantization is planned on the whole graph, as the integer
       model will run it: BatchNorms after convolutions are folded (``fold_bn``), activations stay
-      quantized between layers (a ReLU, a residual add into a convolution, pooling and reshapes
-      work on integers), and a quantizer sits only where the integer model quantizes. Parts that do
+      quantized between layers (a ReLU, a residual add into a convolution, max-pooling and
+      reshapes work on integers), and a quantizer sits only where the integer model quantizes. Parts that do
       not trace are left as they are; a model whose top level does not trace is quantized layer by
       layer (``graph="layer"`` forces that).
     - ``mode="dynamic"``: activation ranges are the min/max of each input at run time (per tensor,
@@ -295,8 +295,9 @@ def quantize(
         exclude: glob patterns of layers to keep in float.
         max_batches: use at most this many calibration batches.
         graph: ``"auto"`` (plan on the traced graph where possible) or ``"layer"``.
-        fold_bn: in graph mode, fold BatchNorm into the preceding convolution first (eval-mode
-            statistics; the BatchNorm becomes an identity), as the integer model runs it.
+        fold_bn: in static mode, fold each BatchNorm into the preceding layer first
+            (:func:`torchcompress.fuse`: eval-mode statistics; the BatchNorm becomes an identity),
+            as the integer model runs it.
         progress: show a progress bar (default: when interactive).
 
     Returns:
@@ -351,16 +352,50 @@ def quantize(
     device, _ = module_device_dtype(model)
     reduce = resolve_reduce_range(config.reduce_range, device)
     use_graph = static and graph == "auto"
+    bound = model.__dict__.get("forward")
+    try:
+        _quantize(model, config, calib_data, targets, static, use_graph, fold_bn, reduce, max_batches, progress)
+    except BaseException:
+        if bound is None:
+            model.__dict__.pop("forward", None)
+        else:
+            model.__dict__["forward"] = bound
+        raise
+    io.add_history(
+        model,
+        "quantize",
+        config.to_dict(),
+        include=include if include is None or isinstance(include, str) else list(include),
+        exclude=exclude if exclude is None or isinstance(exclude, str) else list(exclude),
+        graph="fx" if hasattr(model, "quant_graph") else "layer",
+    )
+    return model
+
+
+def _quantize(
+    model: nn.Module,
+    config: QuantConfig,
+    calib_data: Any,
+    targets: list[tuple[str, nn.Module]],
+    static: bool,
+    use_graph: bool,
+    fold_bn: bool,
+    reduce: str,
+    max_batches: int | None,
+    progress: bool | None,
+) -> None:
     with snapshot_modules(model):
+        if static and fold_bn:
+            _fold_batchnorms(model, calib_data)
         plan = None
         if use_graph:
             from .graph import prepare_graph
 
-            plan = prepare_graph(model, config, [n for n, _ in targets], reduce=reduce, fold_bn=fold_bn)
+            plan = prepare_graph(model, [n for n, _ in targets])
         factories = {
             name: (
                 lambda old, name=name: build_quant_layer(
-                    old, name, config, reduce=reduce, with_input_quant=plan is None
+                    old, name, config, reduce=reduce, with_input_quant=plan is None or name not in plan.visible
                 )
             )
             for name, _ in targets
@@ -369,24 +404,26 @@ def quantize(
         quantizers: dict[str, list[FakeQuantize]] = {}
         if plan is not None:
             quantizers = plan.install(model, config, reduce)
-        else:
-            for name, _ in targets:
-                layer = model.get_submodule(name)
-                if isinstance(layer, QuantLayer) and layer.input_quant is not None and not layer.input_quant.dynamic:
-                    quantizers[name] = [layer.input_quant]
+        for name, _ in targets:
+            layer = model.get_submodule(name)
+            if isinstance(layer, QuantLayer) and layer.input_quant is not None and not layer.input_quant.dynamic:
+                quantizers.setdefault(name, []).append(layer.input_quant)
         if quantizers:
             calibrate(model, calib_data, quantizers, max_batches=max_batches, progress=progress)
         elif calib_data is not None:
             _check_data(model, calib_data, [n for n, _ in targets], max_batches)
-    io.add_history(
-        model,
-        "quantize",
-        config.to_dict(),
-        include=include if include is None or isinstance(include, str) else list(include),
-        exclude=exclude if exclude is None or isinstance(exclude, str) else list(exclude),
-        graph="fx" if plan is not None else "layer",
-    )
-    return model
+
+
+def _fold_batchnorms(model: nn.Module, calib_data: Any) -> None:
+    """Fold BatchNorms into their layers (:func:`torchcompress.fuse`), as integer kernels run them."""
+    from ..fusion import fuse
+
+    example = None
+    try:
+        example = next(iter(iter_batches(calib_data, max_batches=1, what="calib_data")))
+    except (DataError, StopIteration, TypeError):
+        example = None
+    fuse(model, example_inputs=example)
 
 
 def _check_data(model: nn.Module, data: Any, names: list[str], max_batches: int | None) -> None:
