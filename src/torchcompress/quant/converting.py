@@ -376,6 +376,8 @@ class IntLayer(nn.Module):
         k = self.kernel
         if isinstance(k, DequantKernel):
             reason = _main_reason(self._kernel_reasons)
+            if self.act is None:
+                reason = "weight-only: float activations have no integer kernel"
             return f"{k.note} ({reason})" if reason else k.note
         return k.note
 
@@ -418,13 +420,12 @@ class IntLayer(nn.Module):
 
 
 def _main_reason(reasons: list[str]) -> str:
-    """The most informative reason no integer kernel applied."""
+    """The most informative reason no integer kernel applied (skipping kernels for other cases)."""
     for r in reasons:
-        name, _, why = r.partition(": ")
-        if "run on CPU" in why or "on CUDA only" in why or "runs on CPU" in why:
-            continue
-        return why
-    return reasons[0].partition(": ")[2] if reasons else ""
+        why = r.partition(": ")[2]
+        if not why.startswith("n/a"):
+            return why
+    return ""
 
 
 # --- the integer graph -----------------------------------------------------------------------

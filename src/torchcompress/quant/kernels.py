@@ -139,15 +139,13 @@ class OnednnKernel(Kernel):
 
     @classmethod
     def supports(cls, m: IntLayer, device: torch.device) -> str | None:
+        a = m.act
+        if a is None or a["dynamic"] or a["granularity"] != "tensor":
+            return "n/a: not a static per-tensor activation"
         if device.type != "cpu":
-            return "oneDNN int8 kernels run on CPU"
+            return "n/a: oneDNN int8 kernels run on CPU"
         if not _onednn_ok():
             return "this torch build has no oneDNN int8 kernels"
-        a = m.act
-        if a is None:
-            return "weight-only layers run float activations"
-        if a["dynamic"] or a["granularity"] != "tensor":
-            return "not a static per-tensor activation"
         if _act_levels(m) > 256:
             return "activations wider than 8 bits"
         if m.out is not None and int(m.out["qmax"]) - int(m.out["qmin"]) > 255:
@@ -259,15 +257,15 @@ class FbgemmDynamicKernel(Kernel):
 
     @classmethod
     def supports(cls, m: IntLayer, device: torch.device) -> str | None:
+        a = m.act
+        if a is None or not a["dynamic"] or a["granularity"] != "tensor":
+            return "n/a: not a dynamic per-tensor activation"
         if device.type != "cpu":
-            return "fbgemm runs on CPU"
+            return "n/a: fbgemm runs on CPU"
         if m.kind != "linear":
             return "dynamic int8 kernels exist for Linear only"
         if _fbgemm_engine() is None:
             return "no fbgemm/x86 quantized engine in this torch build"
-        a = m.act
-        if a is None or not a["dynamic"] or a["granularity"] != "tensor":
-            return "not a dynamic per-tensor activation"
         if a["symmetric"] or a["qmin"] != 0 or a["qmax"] not in (127, 255):
             return "fbgemm's dynamic kernel quantizes to asymmetric uint8 (or its 7-bit reduced range)"
         if m.out is not None:
@@ -308,15 +306,15 @@ class OnednnTokenKernel(Kernel):
 
     @classmethod
     def supports(cls, m: IntLayer, device: torch.device) -> str | None:
+        a = m.act
+        if a is None or not a["dynamic"] or a["granularity"] != "token":
+            return "n/a: not a dynamic per-token activation"
         if device.type != "cpu":
-            return "oneDNN int8 kernels run on CPU"
+            return "n/a: oneDNN int8 kernels run on CPU"
         if not _onednn_ok():
             return "this torch build has no oneDNN int8 kernels"
         if m.kind != "linear":
             return "per-token activations apply to Linear only"
-        a = m.act
-        if a is None or not a["dynamic"] or a["granularity"] != "token":
-            return "not a dynamic per-token activation"
         if _act_levels(m) > 256:
             return "activations wider than 8 bits"
         if m.out is not None:
@@ -360,14 +358,14 @@ class CudaIntMMKernel(Kernel):
     @classmethod
     def supports(cls, m: IntLayer, device: torch.device) -> str | None:
         if device.type != "cuda":
-            return "torch._int_mm is fast on CUDA only"
+            return "n/a: torch._int_mm is fast on CUDA only"
+        a = m.act
+        if a is None:
+            return "n/a: weight-only"
         if not hasattr(torch, "_int_mm"):
             return "this torch has no torch._int_mm"
         if m.kind != "linear":
-            return "int8 matmul applies to Linear only"
-        a = m.act
-        if a is None:
-            return "weight-only layers run float activations"
+            return "no int8 convolution kernel on CUDA"
         if _act_levels(m) > 256:
             return "activations wider than 8 bits"
         if m.out is not None:
