@@ -20,7 +20,9 @@ from .test_ptq import TinyResNet, Untraceable, _randomize_bn, mlp
 needs_onednn = pytest.mark.skipif(not _onednn_ok(), reason="no oneDNN int8 kernels in this build")
 
 
-def _pair(model: nn.Module, cfg: tc.QuantConfig, data: object, **kw: object) -> tuple[nn.Module, nn.Module]:
+def _pair(
+    model: nn.Module, cfg: tc.QuantConfig, data: object, **kw: object
+) -> tuple[nn.Module, nn.Module]:
     q = tc.quantize(copy.deepcopy(model), cfg, data, **kw)
     return q, tc.convert(copy.deepcopy(q))
 
@@ -56,7 +58,9 @@ def test_dynamic_linear_fbgemm_matches_fake_quant() -> None:
 def test_per_token_matches_fake_quant() -> None:
     m = mlp()
     for sym in (True, False):
-        cfg = tc.QuantConfig(mode="dynamic", activation=tc.IntSpec(8, symmetric=sym, signed=sym, granularity="token"))
+        cfg = tc.QuantConfig(
+            mode="dynamic", activation=tc.IntSpec(8, symmetric=sym, signed=sym, granularity="token")
+        )
         q, c = _pair(m, cfg, None)
         x = torch.randn(4, 7, 16)
         x[:, 0] *= 30
@@ -66,7 +70,12 @@ def test_per_token_matches_fake_quant() -> None:
 
 @needs_onednn
 def test_conv2d_per_layer_and_graph() -> None:
-    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, stride=2, groups=4), nn.Flatten()).eval()
+    m = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 3, stride=2, groups=4),
+        nn.Flatten(),
+    ).eval()
     data = [torch.randn(2, 3, 9, 9) for _ in range(3)]
     x = torch.randn(3, 3, 9, 9)
     for graph in ("layer", "auto"):
@@ -78,10 +87,16 @@ def test_conv2d_per_layer_and_graph() -> None:
 def test_fallbacks_say_why() -> None:
     m = mlp()
     cases = {
-        "group-wise": tc.QuantConfig(weight=tc.IntSpec(4, granularity="group", group_size=8), mode="dynamic"),
-        "asymmetric weights": tc.QuantConfig(weight=tc.IntSpec(8, symmetric=False, granularity="channel"), mode="dynamic"),
+        "group-wise": tc.QuantConfig(
+            weight=tc.IntSpec(4, granularity="group", group_size=8), mode="dynamic"
+        ),
+        "asymmetric weights": tc.QuantConfig(
+            weight=tc.IntSpec(8, symmetric=False, granularity="channel"), mode="dynamic"
+        ),
         "weight-only": tc.QuantConfig(weight=tc.IntSpec(4, granularity="channel"), activation=None),
-        "do not fit int8": tc.QuantConfig(weight=tc.IntSpec(16, granularity="channel"), mode="dynamic"),
+        "do not fit int8": tc.QuantConfig(
+            weight=tc.IntSpec(16, granularity="channel"), mode="dynamic"
+        ),
     }
     x = torch.randn(5, 16)
     for why, cfg in cases.items():
@@ -102,7 +117,9 @@ def test_saturating_cpu_never_runs_unsafe_kernels() -> None:
         assert "VNNI" in repr(c[0])
 
 
-@pytest.mark.skipif(not int8_saturates() or not _onednn_ok(), reason="needs a CPU whose int8 kernels saturate")
+@pytest.mark.skipif(
+    not int8_saturates() or not _onednn_ok(), reason="needs a CPU whose int8 kernels saturate"
+)
 def test_full_range_pairs_really_saturate_here() -> None:
     """The hazard reduce_range avoids: forcing the int8 kernel on full-range pairs is wrong."""
     torch.manual_seed(0)
@@ -131,7 +148,9 @@ def test_storage_is_integer_and_packed() -> None:
         layer = c[0]
         assert layer.qweight.dtype == torch.uint8 and layer.qweight.numel() == nbytes
         assert layer.stored_bytes() == nbytes + 32 * 4 + 32 * 4  # + scales + zero points
-        assert not any(p.is_floating_point() and p.numel() == n for p in layer.state_dict().values())
+        assert not any(
+            p.is_floating_point() and p.numel() == n for p in layer.state_dict().values()
+        )
         # the integers really are what the fake-quant layer used
         w = layer.dequantized_weight()
         assert w.unique().numel() <= 32 * 2**bits

@@ -27,7 +27,10 @@ def _round_trip(model: nn.Module, fresh: nn.Module, tmp_path: Path) -> nn.Module
     [
         tc.QuantConfig(mode="dynamic"),
         tc.QuantConfig(mode="dynamic", activation=tc.IntSpec(8, granularity="token")),
-        tc.QuantConfig(weight=tc.IntSpec(3, symmetric=False, granularity="group", group_size=8), activation=None),
+        tc.QuantConfig(
+            weight=tc.IntSpec(3, symmetric=False, granularity="group", group_size=8),
+            activation=None,
+        ),
         tc.QuantConfig(weight=tc.IntSpec(2, granularity="channel"), activation=None),
     ],
     ids=["dynamic", "token", "w3-group", "w2"],
@@ -49,7 +52,9 @@ def test_fake_and_converted_round_trip(cfg: tc.QuantConfig, tmp_path: Path) -> N
 
 def test_static_per_layer_round_trip(tmp_path: Path) -> None:
     m = mlp()
-    q = tc.quantize(copy.deepcopy(m), tc.QuantConfig(observer="percentile"), [torch.randn(8, 16)], graph="layer")
+    q = tc.quantize(
+        copy.deepcopy(m), tc.QuantConfig(observer="percentile"), [torch.randn(8, 16)], graph="layer"
+    )
     loaded = _round_trip(q, mlp(), tmp_path)
     assert loaded[0].input_quant.calibrated
     assert torch.equal(loaded[0].input_quant.scale, q[0].input_quant.scale)
@@ -73,7 +78,9 @@ def test_graph_mode_round_trip(tmp_path: Path) -> None:
     assert loaded.quant_graph.code() == c.quant_graph.code()
     assert torch.equal(loaded(x), c(x))
     # a loaded fake-quant graph model converts like the original
-    q2 = _round_trip(tc.quantize(copy.deepcopy(m), tc.QuantConfig(), data), TinyResNet().eval(), tmp_path)
+    q2 = _round_trip(
+        tc.quantize(copy.deepcopy(m), tc.QuantConfig(), data), TinyResNet().eval(), tmp_path
+    )
     assert torch.allclose(tc.convert(q2)(x), c(x), atol=1e-3)
 
 
@@ -105,7 +112,12 @@ def test_kmeans_round_trip(tmp_path: Path) -> None:
 def test_files_hold_integers(tmp_path: Path) -> None:
     from safetensors import safe_open
 
-    c = tc.convert(tc.quantize(nn.Sequential(nn.Linear(256, 256)), tc.QuantConfig(weight=tc.IntSpec(4, granularity="channel"), mode="dynamic")))
+    c = tc.convert(
+        tc.quantize(
+            nn.Sequential(nn.Linear(256, 256)),
+            tc.QuantConfig(weight=tc.IntSpec(4, granularity="channel"), mode="dynamic"),
+        )
+    )
     path = tmp_path / "c.safetensors"
     tc.save(c, path)
     with safe_open(str(path), framework="pt") as f:

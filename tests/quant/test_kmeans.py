@@ -68,7 +68,9 @@ def test_activation_weighting_lowers_output_error() -> None:
     data = [torch.randn(128, 64) * scales for _ in range(2)]
     x = torch.randn(256, 64) * scales
     plain = tc.kmeans_quantize(nn.Sequential(copy.deepcopy(lin)), bits=2)
-    weighted = tc.kmeans_quantize(nn.Sequential(copy.deepcopy(lin)), bits=2, weighted=True, calib_data=data)
+    weighted = tc.kmeans_quantize(
+        nn.Sequential(copy.deepcopy(lin)), bits=2, weighted=True, calib_data=data
+    )
     ref = lin(x)
     e_plain = (plain(x) - ref).pow(2).mean()
     e_weighted = (weighted(x) - ref).pow(2).mean()

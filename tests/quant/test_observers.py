@@ -28,7 +28,7 @@ def test_minmax_accumulates() -> None:
     obs.observe(row(0.5, 7.0))
     lo, hi = obs.compute_range()
     assert lo.tolist() == [-1.0] and hi.tolist() == [7.0]
-    s, z = obs.qparams()
+    s, _ = obs.qparams()
     assert float(s) == pytest.approx(8.0 / 255)
 
 
@@ -208,7 +208,10 @@ def test_sawb_coefficients_refit() -> None:
     u = torch.rand(n, generator=g).clamp(1e-7, 1 - 1e-7)
     dists = [
         unit(torch.randn(n, generator=g)),
-        unit(torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0) * torch.empty(n).exponential_(generator=g)),
+        unit(
+            torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+            * torch.empty(n).exponential_(generator=g)
+        ),
         unit(torch.rand(n, generator=g) * 2 - 1),
         unit(torch.log(u / (1 - u))),
         unit(torch.rand(n, generator=g) + torch.rand(n, generator=g) - 1),
@@ -236,7 +239,7 @@ def test_observers_are_per_group() -> None:
         obs.observe(x)
         lo, hi = obs.compute_range()
         assert lo.shape == (2,) and hi.shape == (2,), name
-        s, z = obs.qparams()
+        s, _ = obs.qparams()
         assert s.shape == (2,) and bool((s > 0).all()), name
 
 

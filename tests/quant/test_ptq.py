@@ -10,7 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import torchcompress as tc
-from torchcompress.errors import CalibrationError, ConfigError, DataError, NumericalError, SelectionError
+from torchcompress.errors import (
+    CalibrationError,
+    ConfigError,
+    DataError,
+    NumericalError,
+    SelectionError,
+)
 from torchcompress.quant import QuantConv1d, QuantConv2d, QuantLinear
 from torchcompress.quant import functional as QF
 from torchcompress.quant.hardware import int8_saturates
@@ -56,7 +62,9 @@ def test_static_linear_simulates_the_integer_arithmetic() -> None:
     assert isinstance(q.fc1, QuantLinear) and q.fc1.input_quant is not None
     # by hand: input range from min/max over all batches, per-channel symmetric weights
     allx = torch.cat(data)
-    s_in, z_in = QF.choose_qparams(allx.min(), allx.max(), 0, 255, symmetric=False, include_zero=True)
+    s_in, z_in = QF.choose_qparams(
+        allx.min(), allx.max(), 0, 255, symmetric=False, include_zero=True
+    )
     w = m.fc1.weight.detach()
     sw = w.abs().amax(1) / 127.5
     wq = torch.clamp(torch.round(w / sw[:, None]), -128, 127) * sw[:, None]
@@ -92,7 +100,10 @@ def test_per_token_dynamic() -> None:
 
 def test_weight_only_group() -> None:
     m = mlp()
-    cfg = tc.QuantConfig(weight=tc.IntSpec(4, symmetric=False, signed=False, granularity="group", group_size=8), activation=None)
+    cfg = tc.QuantConfig(
+        weight=tc.IntSpec(4, symmetric=False, signed=False, granularity="group", group_size=8),
+        activation=None,
+    )
     q = tc.quantize(copy.deepcopy(m), cfg)
     lin = q[0]
     assert lin.input_quant is None
@@ -104,7 +115,9 @@ def test_weight_only_group() -> None:
 
 
 def test_conv_layers_and_observers() -> None:
-    m = nn.Sequential(nn.Conv1d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 10, 2)).eval()
+    m = nn.Sequential(
+        nn.Conv1d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 10, 2)
+    ).eval()
     data = [torch.randn(2, 3, 10) for _ in range(2)]
     for obs in ("minmax", "moving_minmax", "percentile", "mse", "kl", "sawb"):
         q = tc.quantize(copy.deepcopy(m), tc.QuantConfig(observer=obs), data)
@@ -163,7 +176,7 @@ def test_nan_in_weights_and_activations() -> None:
 
 def test_group_size_must_divide() -> None:
     cfg = tc.QuantConfig(weight=tc.IntSpec(4, granularity="group", group_size=5), activation=None)
-    with pytest.raises(ConfigError, match="'0'.*16 inputs"):
+    with pytest.raises(ConfigError, match=r"'0'.*16 inputs"):
         tc.quantize(mlp(), cfg)
 
 
@@ -193,7 +206,12 @@ def test_reduce_range_knob() -> None:
     auto = (q[0].weight_quant.quant_min, q[0].weight_quant.quant_max)
     assert auto == ((-64, 63) if int8_saturates() else (-128, 127))
     # not an 8-bit pair: nothing to reduce
-    q = tc.quantize(mlp(), tc.QuantConfig(weight=tc.IntSpec(4, granularity="channel"), mode="dynamic", reduce_range="weight"))
+    q = tc.quantize(
+        mlp(),
+        tc.QuantConfig(
+            weight=tc.IntSpec(4, granularity="channel"), mode="dynamic", reduce_range="weight"
+        ),
+    )
     assert (q[0].weight_quant.quant_min, q[0].weight_quant.quant_max) == (-8, 7)
 
 

@@ -50,7 +50,11 @@ def fq_spec(fq: FakeQuantize | None) -> dict[str, Any] | None:
         "observer": fq.observer_name,
         "options": None
         if obs is None
-        else {"percentile": obs.percentile, "averaging_constant": obs.averaging_constant, "bins": obs.bins},
+        else {
+            "percentile": obs.percentile,
+            "averaging_constant": obs.averaging_constant,
+            "bins": obs.bins,
+        },
         "observe_relu": fq.observe_relu,
         "calibrated": fq.calibrated,
         "learnable_scale": isinstance(fq.scale, nn.Parameter),
@@ -107,7 +111,10 @@ class QuantLayerCodec(io.ModuleCodec):
             "output_quant": fq_spec(module.output_quant),
         }
         if isinstance(module, QuantLinear):
-            spec["geometry"] = {"in_features": module.in_features, "out_features": module.out_features}
+            spec["geometry"] = {
+                "in_features": module.in_features,
+                "out_features": module.out_features,
+            }
         else:
             assert isinstance(module, QuantConv1d | QuantConv2d)
             spec["geometry"] = {
@@ -115,7 +122,9 @@ class QuantLayerCodec(io.ModuleCodec):
                 "out_channels": module.out_channels,
                 "kernel_size": list(module.kernel_size),
                 "stride": list(module.stride),
-                "padding": module.padding if isinstance(module.padding, str) else list(module.padding),
+                "padding": module.padding
+                if isinstance(module.padding, str)
+                else list(module.padding),
                 "dilation": list(module.dilation),
                 "groups": module.groups,
                 "padding_mode": module.padding_mode,
@@ -128,13 +137,29 @@ class QuantLayerCodec(io.ModuleCodec):
         g = spec["geometry"]
         layer: QuantLayer
         if spec["class"] == "QuantLinear":
-            layer = QuantLinear(g["in_features"], g["out_features"], spec["bias"], source=spec["source"], device=device, dtype=dtype)
+            layer = QuantLinear(
+                g["in_features"],
+                g["out_features"],
+                spec["bias"],
+                source=spec["source"],
+                device=device,
+                dtype=dtype,
+            )
         else:
             cls = QuantConv2d if spec["class"] == "QuantConv2d" else QuantConv1d
             pad = g["padding"] if isinstance(g["padding"], str) else tuple(g["padding"])
             layer = cls(
-                g["in_channels"], g["out_channels"], tuple(g["kernel_size"]), tuple(g["stride"]), pad,
-                tuple(g["dilation"]), g["groups"], spec["bias"], g["padding_mode"], device=device, dtype=dtype,
+                g["in_channels"],
+                g["out_channels"],
+                tuple(g["kernel_size"]),
+                tuple(g["stride"]),
+                pad,
+                tuple(g["dilation"]),
+                g["groups"],
+                spec["bias"],
+                g["padding_mode"],
+                device=device,
+                dtype=dtype,
             )
         for role in ("weight", "input", "output"):
             fq = fq_from_spec(spec[f"{role}_quant"])
@@ -168,13 +193,16 @@ class IntLayerCodec(io.ModuleCodec):
             "unary": module.unary,
             "bias": module.bias is not None,
             "dequant_output": module.dequant_output,
+            "graph_mode": module.graph_mode,
             "stride": list(module.stride),
             "padding": module.padding if isinstance(module.padding, str) else list(module.padding),
             "dilation": list(module.dilation),
             "groups": module.groups,
             "padding_mode": module.padding_mode,
             "source": module.source,
-            "bias_dtype": _dtype_name(module.bias.dtype if module.bias is not None else torch.float32),
+            "bias_dtype": _dtype_name(
+                module.bias.dtype if module.bias is not None else torch.float32
+            ),
         }
 
     def decode(self, spec: dict[str, Any], current: nn.Module) -> nn.Module:
@@ -223,10 +251,18 @@ class KMeansCodec(io.ModuleCodec):
         device, _ = _device_dtype(current)
         pad = spec["padding"] if isinstance(spec["padding"], str) else tuple(spec["padding"])
         return KMeansLayer(
-            spec["kind"], tuple(spec["weight_shape"]), spec["bits"], bias=spec["bias"],
-            stride=tuple(spec["stride"]), padding=pad, dilation=tuple(spec["dilation"]),
-            groups=spec["groups"], padding_mode=spec["padding_mode"], source=spec["source"],
-            dtype=_dtype(spec["dtype"]), device=device,
+            spec["kind"],
+            tuple(spec["weight_shape"]),
+            spec["bits"],
+            bias=spec["bias"],
+            stride=tuple(spec["stride"]),
+            padding=pad,
+            dilation=tuple(spec["dilation"]),
+            groups=spec["groups"],
+            padding_mode=spec["padding_mode"],
+            source=spec["source"],
+            dtype=_dtype(spec["dtype"]),
+            device=device,
         )
 
 
@@ -277,7 +313,9 @@ def _out_numel(output: Any) -> int:
     return 0
 
 
-def _macs(kind: str, weight_shape: tuple[int, ...], groups: int, args: tuple[Any, ...], output: Any) -> int:
+def _macs(
+    kind: str, weight_shape: tuple[int, ...], groups: int, args: tuple[Any, ...], output: Any
+) -> int:
     n_out = _out_numel(output)
     if kind == "linear":
         return n_out * int(weight_shape[1])
@@ -286,7 +324,9 @@ def _macs(kind: str, weight_shape: tuple[int, ...], groups: int, args: tuple[Any
 
 
 @register_cost(QuantLinear, QuantConv1d, QuantConv2d)
-def _quant_layer_cost(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> LayerCost:
+def _quant_layer_cost(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+) -> LayerCost:
     assert isinstance(module, QuantLayer)
     kind = "linear" if isinstance(module, QuantLinear) else "conv"
     macs = _macs(kind, tuple(module.weight.shape), getattr(module, "groups", 1), args, output)
@@ -300,10 +340,14 @@ def _quant_layer_cost(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str
 
 
 @register_cost(IntLayer)
-def _int_layer_cost(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> LayerCost:
+def _int_layer_cost(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+) -> LayerCost:
     assert isinstance(module, IntLayer)
     macs = _macs(module.kind, module.weight_shape, module.groups, args, output)
-    params = int(math.prod(module.weight_shape)) + (module.bias.numel() if module.bias is not None else 0)
+    params = int(math.prod(module.weight_shape)) + (
+        module.bias.numel() if module.bias is not None else 0
+    )
     w = module.wfmt
     fmt = "float weights" if w is None else f"int{w['bits']} weights"
     if w is not None and w["bits"] <= 4:
@@ -318,10 +362,14 @@ def _int_layer_cost(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, 
 
 
 @register_cost(KMeansLayer)
-def _kmeans_cost(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> LayerCost:
+def _kmeans_cost(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+) -> LayerCost:
     assert isinstance(module, KMeansLayer)
     macs = _macs(module.kind, module.weight_shape, module.groups, args, output)
-    params = int(math.prod(module.weight_shape)) + (module.bias.numel() if module.bias is not None else 0)
+    params = int(math.prod(module.weight_shape)) + (
+        module.bias.numel() if module.bias is not None else 0
+    )
     return LayerCost(
         macs=macs,
         params=params,
@@ -331,5 +379,7 @@ def _kmeans_cost(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
 
 
 @register_cost(FakeQuantize)
-def _fq_cost(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> LayerCost:
+def _fq_cost(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+) -> LayerCost:
     return LayerCost(macs=0, params=0, bytes=_state_bytes(module), note="activation quantizer")

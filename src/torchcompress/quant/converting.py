@@ -75,6 +75,7 @@ class IntLayer(nn.Module):
         unary: str | None = None,
         bias: bool = True,
         dequant_output: bool = False,
+        graph_mode: bool = False,
         stride: tuple[int, ...] = (),
         padding: tuple[int, ...] | str = (),
         dilation: tuple[int, ...] = (),
@@ -94,6 +95,8 @@ class IntLayer(nn.Module):
         self.out = out
         self.unary = unary
         self.dequant_output = dequant_output
+        #: the layer is a node of an integer graph (its input quantizer is the graph's)
+        self.graph_mode = graph_mode
         self.stride = tuple(stride)
         self.padding = padding if isinstance(padding, str) else tuple(padding)
         self.dilation = tuple(dilation)
@@ -107,7 +110,9 @@ class IntLayer(nn.Module):
         self.cols = cols
         numel = rows * cols
         if wfmt is None:
-            self.register_buffer("qweight", torch.zeros(self.weight_shape, dtype=bias_dtype, device=device))
+            self.register_buffer(
+                "qweight", torch.zeros(self.weight_shape, dtype=bias_dtype, device=device)
+            )
             qshape: tuple[int, ...] = (1,)
         else:
             sb = QF.storage_bits(int(wfmt["bits"]))
@@ -119,21 +124,29 @@ class IntLayer(nn.Module):
             self.register_buffer("qweight", stored)
             qshape = QF.qparam_shape(rows, cols, wfmt["granularity"], wfmt.get("group_size"))
         self.register_buffer("weight_scale", torch.ones(qshape, device=device))
-        self.register_buffer("weight_zero_point", torch.zeros(qshape, dtype=torch.int32, device=device))
+        self.register_buffer(
+            "weight_zero_point", torch.zeros(qshape, dtype=torch.int32, device=device)
+        )
         self.register_buffer(
             "bias", torch.zeros(rows, dtype=bias_dtype, device=device) if bias else None
         )
         if act is not None and not act["dynamic"]:
             self.register_buffer("input_scale", torch.ones(1, device=device))
-            self.register_buffer("input_zero_point", torch.zeros(1, dtype=torch.int32, device=device))
+            self.register_buffer(
+                "input_zero_point", torch.zeros(1, dtype=torch.int32, device=device)
+            )
         if out is not None:
             self.register_buffer("output_scale", torch.ones(1, device=device))
-            self.register_buffer("output_zero_point", torch.zeros(1, dtype=torch.int32, device=device))
+            self.register_buffer(
+                "output_zero_point", torch.zeros(1, dtype=torch.int32, device=device)
+            )
         self.accum = accum
         self.has_accum = accum is not None
         if accum is not None:
             self.register_buffer("accum_scale", torch.ones(1, device=device))
-            self.register_buffer("accum_zero_point", torch.zeros(1, dtype=torch.int32, device=device))
+            self.register_buffer(
+                "accum_zero_point", torch.zeros(1, dtype=torch.int32, device=device)
+            )
         #: set by the integer graph: the residual operand is not used after this layer, so the
         #: kernel may accumulate into it in place
         self.accum_inplace_ok = False
@@ -205,6 +218,7 @@ class IntLayer(nn.Module):
             unary=unary,
             bias=layer.bias is not None,
             dequant_output=out is not None and not graph_mode,
+            graph_mode=graph_mode,
             source=layer.source,
             bias_dtype=w.dtype,
             device=w.device,
@@ -264,7 +278,10 @@ class IntLayer(nn.Module):
         if self.wfmt is None:
             raise CompressionStateError("this layer keeps float weights")
         return QF.unpack_int(
-            self.qweight, int(self.wfmt["bits"]), int(self.wfmt["qmin"]), self.out_channels * self.cols
+            self.qweight,
+            int(self.wfmt["bits"]),
+            int(self.wfmt["qmin"]),
+            self.out_channels * self.cols,
         ).reshape(self.out_channels, self.cols)
 
     def dequantized_weight(self) -> Tensor:
@@ -396,14 +413,27 @@ class IntLayer(nn.Module):
             if self.groups != 1:
                 geo += f", groups={self.groups}"
         w = self.wfmt
-        wdesc = "float weights" if w is None else (
-            f"{'int' if w['qmin'] < 0 else 'uint'}{w['bits']} weights"
-            + (f" [{w['qmin']}, {w['qmax']}]" if w["qmax"] - w["qmin"] + 1 < 2 ** w["bits"] else "")
-            + f" {w['granularity']}" + (f" {w['group_size']}" if w["granularity"] == "group" else "")
+        wdesc = (
+            "float weights"
+            if w is None
+            else (
+                f"{'int' if w['qmin'] < 0 else 'uint'}{w['bits']} weights"
+                + (
+                    f" [{w['qmin']}, {w['qmax']}]"
+                    if w["qmax"] - w["qmin"] + 1 < 2 ** w["bits"]
+                    else ""
+                )
+                + f" {w['granularity']}"
+                + (f" {w['group_size']}" if w["granularity"] == "group" else "")
+            )
         )
         a = self.act
-        adesc = "float activations" if a is None else (
-            f"{'dynamic' if a['dynamic'] else 'static'} {a['granularity']} activations [{a['qmin']}, {a['qmax']}]"
+        adesc = (
+            "float activations"
+            if a is None
+            else (
+                f"{'dynamic' if a['dynamic'] else 'static'} {a['granularity']} activations [{a['qmin']}, {a['qmax']}]"
+            )
         )
         extra = ""
         if self.has_accum:
@@ -572,7 +602,9 @@ def build_integer_graph(model: nn.Module, graph: fx.Graph, *, configure: bool = 
                 env[node] = new.call_function(relu_u8, (env[x], p.zpk))
             elif pk == "pad":
                 pad = node.args[1] if len(node.args) > 1 else node.kwargs["pad"]
-                env[node] = new.call_function(pad_u8, (env[x], fx.map_arg(pad, lambda n: env[n]), p.zpk))
+                env[node] = new.call_function(
+                    pad_u8, (env[x], fx.map_arg(pad, lambda n: env[n]), p.zpk)
+                )
             elif isinstance(
                 _module_of(node, modules), nn.Dropout | nn.Dropout1d | nn.Dropout2d | nn.Identity
             ):
@@ -604,7 +636,9 @@ def _mark_inplace_accum(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
         seen = 0
         while isinstance(a, fx.Node) and seen < 1000:
             seen += 1
-            if a.op == "placeholder" or any(order[u] > order[node] for u in a.users if u is not node):
+            if a.op == "placeholder" or any(
+                order[u] > order[node] for u in a.users if u is not node
+            ):
                 safe = False
                 break
             if a.op == "call_function" and a.target in (quantize_u8, requantize_u8):
@@ -621,7 +655,9 @@ def _mark_inplace_accum(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
         modules[name].accum_inplace_ok = v  # type: ignore[union-attr]
 
 
-def _producer_fq(node: Any, modules: dict[str, nn.Module], qp: dict[fx.Node, _QP]) -> FakeQuantize | None:
+def _producer_fq(
+    node: Any, modules: dict[str, nn.Module], qp: dict[fx.Node, _QP]
+) -> FakeQuantize | None:
     """The quantizer whose parameters an integer value carries (following integer-exact ops)."""
     seen = 0
     while isinstance(node, fx.Node) and seen < 10000:
@@ -677,7 +713,6 @@ def convert(model: nn.Module) -> nn.Module:
             "config, ...) first."
         )
     container = container_of(model)
-    from ..select import snapshot_modules
 
     bound = model.__dict__.get("forward")
     converted = container.converted if container is not None else False
@@ -710,4 +745,3 @@ def _convert(model: nn.Module, container: Any) -> None:
                 layer, input_fq=layer.input_quant, output_fq=layer.output_quant
             )
             set_module(model, name, new)
-

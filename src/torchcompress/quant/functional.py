@@ -146,7 +146,9 @@ def choose_qparams(
     zp = qmin - torch.round(lo_t / s64)
     # A degenerate range (lo == hi) or one far from zero would need an enormous zero point; widen
     # those groups to include zero instead (still exact at both ends, never a huge offset).
-    bad = (zp.abs() > _MAX_ZERO_POINT) | ((hi_t - lo_t) <= 1e-7 * torch.maximum(lo_t.abs(), hi_t.abs()))
+    bad = (zp.abs() > _MAX_ZERO_POINT) | (
+        (hi_t - lo_t) <= 1e-7 * torch.maximum(lo_t.abs(), hi_t.abs())
+    )
     if bool(bad.any()):
         s2, z2 = _fbgemm_qparams(lo_t, hi_t, qmin, qmax, min_scale=SCALE_EPS)
         scale = torch.where(bad, s2, scale)
@@ -242,9 +244,7 @@ def qparam_shape(rows: int, cols: int, granularity: str, group_size: int | None)
         return (rows,)
     if granularity == "group":
         if group_size is None or cols % group_size:
-            raise ShapeError(
-                f"group_size={group_size} does not divide the input dimension {cols}."
-            )
+            raise ShapeError(f"group_size={group_size} does not divide the input dimension {cols}.")
         return (rows, cols // group_size)
     raise ShapeError(f"granularity {granularity!r} has no fixed scale shape for weights.")
 
@@ -373,7 +373,7 @@ def pack_int(q: Tensor, bits: int, qmin: int) -> Tensor:
         A flat uint8 tensor (int16 for 16 bits, offset by ``-qmin - 2^15``).
     """
     sb = storage_bits(bits)
-    u = (q.reshape(-1).to(torch.int32) - qmin)
+    u = q.reshape(-1).to(torch.int32) - qmin
     if sb == 16:
         return (u - 2**15).to(torch.int16)
     u = u.to(torch.uint8)

@@ -36,10 +36,9 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
-from ..errors import CompressionStateError, SelectionError
-from ..select import get_module, set_module
+from ..errors import CompressionStateError
 from .modules import FakeQuantize, QuantConv1d, QuantConv2d, QuantLayer, QuantLinear
 
 __all__ = ["GraphPlan", "QuantGraph", "prepare_graph", "trace_model"]
@@ -70,9 +69,7 @@ class _Tracer(fx.Tracer):
             return True
         if isinstance(m, QuantLayer | IntLayer | FakeQuantize):
             return True
-        if type(m).__module__.startswith("torch.nn") and not _is_container(m):
-            return True
-        return False
+        return type(m).__module__.startswith("torch.nn") and not _is_container(m)
 
     def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         qualname = self.path_of_module(m)
@@ -87,7 +84,9 @@ class _Tracer(fx.Tracer):
             self.stack.pop()
 
 
-def trace_model(model: nn.Module, leaf_names: list[str] | None = None) -> tuple[fx.Graph, list[str]] | None:
+def trace_model(
+    model: nn.Module, leaf_names: list[str] | None = None
+) -> tuple[fx.Graph, list[str]] | None:
     """Trace ``model`` with torch.fx, keeping modules that do not trace as opaque calls.
 
     Returns:
@@ -102,7 +101,11 @@ def trace_model(model: nn.Module, leaf_names: list[str] | None = None) -> tuple[
         except Exception as e:  # anything the tracer cannot follow
             failed = tracer.failed_at
             if not failed or failed in leaves:
-                log.info("%s does not trace with torch.fx (%s); quantizing layer by layer.", type(model).__name__, e)
+                log.info(
+                    "%s does not trace with torch.fx (%s); quantizing layer by layer.",
+                    type(model).__name__,
+                    e,
+                )
                 return None
             log.info("keeping %r as an opaque call in the quantized graph (%s)", failed, e)
             leaves.add(failed)
@@ -116,13 +119,41 @@ def trace_model(model: nn.Module, leaf_names: list[str] | None = None) -> tuple[
 _ADD_FUNCS = {operator.add, torch.add, operator.iadd}
 _RELU_FUNCS = {F.relu, torch.relu, torch.relu_}
 _RELU6_FUNCS = {F.relu6}
-_PASS_FUNCS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute,
-               torch.transpose, operator.getitem, F.max_pool1d, F.max_pool2d, F.dropout,
-               torch.nn.functional.dropout2d}
-_PASS_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze",
-                 "unsqueeze", "__getitem__", "expand", "narrow"}
-_PASS_MODULES = (nn.Identity, nn.Flatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.MaxPool1d,
-                 nn.MaxPool2d)
+_PASS_FUNCS = {
+    torch.flatten,
+    torch.reshape,
+    torch.squeeze,
+    torch.unsqueeze,
+    torch.permute,
+    torch.transpose,
+    operator.getitem,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.dropout,
+    torch.nn.functional.dropout2d,
+}
+_PASS_METHODS = {
+    "view",
+    "reshape",
+    "flatten",
+    "permute",
+    "transpose",
+    "contiguous",
+    "squeeze",
+    "unsqueeze",
+    "__getitem__",
+    "expand",
+    "narrow",
+}
+_PASS_MODULES = (
+    nn.Identity,
+    nn.Flatten,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+)
 _NON_TENSOR_METHODS = {"size", "dim", "numel"}
 
 
@@ -216,7 +247,11 @@ def _pass_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
 def _non_tensor(node: fx.Node) -> bool:
     if node.op == "call_method" and node.target in _NON_TENSOR_METHODS:
         return True
-    return node.op == "call_function" and node.target is getattr and node.args[1:] in (("shape",), ("dtype",), ("device",))
+    return (
+        node.op == "call_function"
+        and node.target is getattr
+        and node.args[1:] in (("shape",), ("dtype",), ("device",))
+    )
 
 
 @dataclass
@@ -234,7 +269,9 @@ class Group:
         return self.act or self.add or self.layer
 
 
-def find_groups(graph: fx.Graph, modules: dict[str, nn.Module], targets: set[str]) -> dict[fx.Node, Group]:
+def find_groups(
+    graph: fx.Graph, modules: dict[str, nn.Module], targets: set[str]
+) -> dict[fx.Node, Group]:
     """Each quantized layer node's group (layer [+ residual add] [+ ReLU/ReLU6])."""
     groups: dict[fx.Node, Group] = {}
     for node in graph.nodes:
@@ -325,9 +362,9 @@ def _needs_int(
     memo[node] = False
     res = False
     for u in node.users:
-        if _is_qop(u, modules, targets) and u.args and u.args[0] is node:
-            res = True
-        elif u in group_of_add and group_of_add[u].other is node:
+        if (_is_qop(u, modules, targets) and u.args and u.args[0] is node) or (
+            u in group_of_add and group_of_add[u].other is node
+        ):
             res = True
         elif _pass_kind(u, modules) is not None and u.args and u.args[0] is node:
             res = _needs_int(u, modules, targets, group_of_add, memo)
@@ -337,8 +374,13 @@ def _needs_int(
     return res
 
 
-def _int_state(graph: fx.Graph, modules: dict[str, nn.Module], targets: set[str],
-               groups: dict[fx.Node, Group], outputs_int: set[fx.Node]) -> dict[fx.Node, bool]:
+def _int_state(
+    graph: fx.Graph,
+    modules: dict[str, nn.Module],
+    targets: set[str],
+    groups: dict[fx.Node, Group],
+    outputs_int: set[fx.Node],
+) -> dict[fx.Node, bool]:
     """Which values are integer in the integer graph (before any input quantizer is added)."""
     state: dict[fx.Node, bool] = {}
     group_nodes = {}
@@ -354,7 +396,11 @@ def _int_state(graph: fx.Graph, modules: dict[str, nn.Module], targets: set[str]
             state[node] = node in outputs_int
         elif node in group_nodes:
             state[node] = False
-        elif _pass_kind(node, modules) is not None and node.args and isinstance(node.args[0], fx.Node):
+        elif (
+            _pass_kind(node, modules) is not None
+            and node.args
+            and isinstance(node.args[0], fx.Node)
+        ):
             state[node] = state.get(node.args[0], False)
         else:
             state[node] = False
@@ -366,7 +412,9 @@ def plan_points(graph: fx.Graph, modules: dict[str, nn.Module], targets: set[str
     groups = find_groups(graph, modules, targets)
     group_of_add = {g.add: g for g in groups.values() if g.add is not None}
     memo: dict[fx.Node, bool] = {}
-    outputs_int = {g.tail for g in groups.values() if _needs_int(g.tail, modules, targets, group_of_add, memo)}
+    outputs_int = {
+        g.tail for g in groups.values() if _needs_int(g.tail, modules, targets, group_of_add, memo)
+    }
     state = _int_state(graph, modules, targets, groups, outputs_int)
     points: list[Point] = []
     for g in groups.values():
@@ -395,8 +443,8 @@ def insert_points(graph: fx.Graph, points: list[Point]) -> None:
             p.node.args = (q, *p.node.args[1:])
         else:  # accum: the add's other operand
             add = p.node
-            layer_name = p.name[len("accum_"):]
-            a, b = add.args
+            layer_name = p.name[len("accum_") :]
+            a = add.args[0]
             other_idx = 1 if (isinstance(a, fx.Node) and a.name == layer_name) else 0
             other = add.args[other_idx]
             with graph.inserting_before(add):
@@ -463,7 +511,9 @@ class QuantGraph(nn.Module):
 
     def extra_repr(self) -> str:
         kind = "integer" if self.converted else "fake-quant"
-        return f"{kind} graph, {len(self.quantizers)} activation quantizers, opaque: {self.leaf_names}"
+        return (
+            f"{kind} graph, {len(self.quantizers)} activation quantizers, opaque: {self.leaf_names}"
+        )
 
 
 def rebuild(model: nn.Module, container: QuantGraph) -> None:
@@ -531,4 +581,3 @@ def container_of(model: nn.Module) -> QuantGraph | None:
     """The model's :class:`QuantGraph`, if it was quantized in graph mode."""
     c = getattr(model, GRAPH_ATTR, None)
     return c if isinstance(c, QuantGraph) else None
-

@@ -73,7 +73,9 @@ def dequantize_u8(u: Tensor, scale: float, zp: int) -> Tensor:
 @functools.lru_cache(maxsize=1)
 def _onednn_ok() -> bool:
     try:
-        return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.onednn, "qconv_prepack")
+        return bool(torch.backends.mkldnn.is_available()) and hasattr(
+            torch.ops.onednn, "qconv_prepack"
+        )
     except (AttributeError, RuntimeError):
         return False
 
@@ -110,7 +112,9 @@ def _weight_reason(m: IntLayer, *, allow_group: bool = False) -> str | None:
     if w["granularity"] == "group" and not allow_group:
         return "group-wise weight scales have no int8 kernel"
     if w["qmin"] < -128 or w["qmax"] > 127:
-        return f"{w['bits']}-bit {'signed' if w['qmin'] < 0 else 'unsigned'} weights do not fit int8"
+        return (
+            f"{w['bits']}-bit {'signed' if w['qmin'] < 0 else 'unsigned'} weights do not fit int8"
+        )
     if bool((m.weight_zero_point != 0).any()):
         return "asymmetric weights (non-zero weight zero points) have no int8 kernel"
     return None
@@ -197,8 +201,19 @@ class OnednnKernel(Kernel):
             shape = u.shape
             u2 = u.reshape(-1, shape[-1])
             y = torch.ops.onednn.qlinear_pointwise(
-                u2, xs, xz, self.packed, self.w_scales, self.w_zps, self.bias,
-                os_, oz, out_dtype, unary, [], "",
+                u2,
+                xs,
+                xz,
+                self.packed,
+                self.w_scales,
+                self.w_zps,
+                self.bias,
+                os_,
+                oz,
+                out_dtype,
+                unary,
+                [],
+                "",
             )
             y = y.reshape(*shape[:-1], y.shape[-1])
         else:
@@ -210,21 +225,62 @@ class OnednnKernel(Kernel):
                 acs, acz = m.accum_qparams()
                 acc = accum if m.accum_inplace_ok else accum.clone()
                 y = torch.ops.onednn.qconv2d_pointwise.binary(
-                    u, xs, xz, self.packed, self.w_scales, self.w_zps, acc, self.bias,
-                    *self.conv_args, os_, oz, None, acs, acz, "sum", 1.0, unary, [], "",
+                    u,
+                    xs,
+                    xz,
+                    self.packed,
+                    self.w_scales,
+                    self.w_zps,
+                    acc,
+                    self.bias,
+                    *self.conv_args,
+                    os_,
+                    oz,
+                    None,
+                    acs,
+                    acz,
+                    "sum",
+                    1.0,
+                    unary,
+                    [],
+                    "",
                 )
             elif accum is not None:  # fp32 output: add the dequantized operand in float
                 y = torch.ops.onednn.qconv2d_pointwise(
-                    u, xs, xz, self.packed, self.w_scales, self.w_zps, self.bias,
-                    *self.conv_args, 1.0, 0, torch.float32, "none", [], "",
+                    u,
+                    xs,
+                    xz,
+                    self.packed,
+                    self.w_scales,
+                    self.w_zps,
+                    self.bias,
+                    *self.conv_args,
+                    1.0,
+                    0,
+                    torch.float32,
+                    "none",
+                    [],
+                    "",
                 )
                 acs, acz = m.accum_qparams()
                 y = y + dequantize_u8(accum, acs, acz)
                 y = m.apply_unary(y)
             else:
                 y = torch.ops.onednn.qconv2d_pointwise(
-                    u, xs, xz, self.packed, self.w_scales, self.w_zps, self.bias,
-                    *self.conv_args, os_, oz, out_dtype, unary, [], "",
+                    u,
+                    xs,
+                    xz,
+                    self.packed,
+                    self.w_scales,
+                    self.w_zps,
+                    self.bias,
+                    *self.conv_args,
+                    os_,
+                    oz,
+                    out_dtype,
+                    unary,
+                    [],
+                    "",
                 )
             if m.kind == "conv1d":
                 y = y.squeeze(2)
@@ -267,7 +323,9 @@ class FbgemmDynamicKernel(Kernel):
         if _fbgemm_engine() is None:
             return "no fbgemm/x86 quantized engine in this torch build"
         if a["symmetric"] or a["qmin"] != 0 or a["qmax"] not in (127, 255):
-            return "fbgemm's dynamic kernel quantizes to asymmetric uint8 (or its 7-bit reduced range)"
+            return (
+                "fbgemm's dynamic kernel quantizes to asymmetric uint8 (or its 7-bit reduced range)"
+            )
         if m.out is not None:
             return "dynamic kernels output float"
         return _weight_reason(m) or _pairs_reason(m, device)
@@ -339,7 +397,19 @@ class OnednnTokenKernel(Kernel):
         zf = z.float()
         u = torch.round(x2 * (1.0 / s) + zf).clamp_(qmin, qmax).sub_(qmin).to(torch.uint8)
         y = torch.ops.onednn.qlinear_pointwise(
-            u, 1.0, 0, self.packed, self.w_scales, self.w_zps, None, 1.0, 0, torch.float32, "none", [], ""
+            u,
+            1.0,
+            0,
+            self.packed,
+            self.w_scales,
+            self.w_zps,
+            None,
+            1.0,
+            0,
+            torch.float32,
+            "none",
+            [],
+            "",
         )
         y = y.mul_(s).add_((s * (qmin - zf)) * self.colsum)
         if self.bias is not None:
@@ -419,7 +489,11 @@ class DequantKernel(Kernel):
         return None
 
     def __call__(self, m: IntLayer, x: Tensor, accum: Tensor | None) -> Tensor:
-        dtype = x.dtype if x.is_floating_point() else (m.bias.dtype if m.bias is not None else torch.float32)
+        dtype = (
+            x.dtype
+            if x.is_floating_point()
+            else (m.bias.dtype if m.bias is not None else torch.float32)
+        )
         xf = m.simulate_input(x)
         w = m.dequantized_weight().to(xf.dtype)
         b = None if m.bias is None else m.bias.to(xf.dtype)
@@ -455,9 +529,12 @@ def select_kernel(m: IntLayer, device: torch.device) -> tuple[Kernel, list[str]]
         if why is None:
             try:
                 return cls(m), reasons
-            except (RuntimeError, NotImplementedError, TypeError) as e:  # a kernel that fails to pack
+            except (
+                RuntimeError,
+                NotImplementedError,
+                TypeError,
+            ) as e:  # a kernel that fails to pack
                 reasons.append(f"{name}: {e}")
                 continue
         reasons.append(f"{name}: {why}")
     return DequantKernel(m), reasons
-

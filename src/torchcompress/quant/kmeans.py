@@ -139,16 +139,24 @@ class KMeansLayer(nn.Module):
         self.kind = kind
         self.weight_shape = tuple(int(s) for s in weight_shape)
         self.bits = int(bits)
-        self.stride, self.padding, self.dilation = tuple(stride), padding if isinstance(padding, str) else tuple(padding), tuple(dilation)
+        self.stride, self.padding, self.dilation = (
+            tuple(stride),
+            padding if isinstance(padding, str) else tuple(padding),
+            tuple(dilation),
+        )
         self.groups, self.padding_mode, self.source = groups, padding_mode, source or kind
         numel = 1
         for s in self.weight_shape:
             numel *= s
         self.numel = numel
         per = 8 // QF.storage_bits(self.bits)
-        self.register_buffer("indices", torch.zeros((numel + per - 1) // per, dtype=torch.uint8, device=device))
+        self.register_buffer(
+            "indices", torch.zeros((numel + per - 1) // per, dtype=torch.uint8, device=device)
+        )
         self.register_buffer("codebook", torch.zeros(2**self.bits, device=device))
-        self.register_buffer("bias", torch.zeros(self.weight_shape[0], dtype=dtype, device=device) if bias else None)
+        self.register_buffer(
+            "bias", torch.zeros(self.weight_shape[0], dtype=dtype, device=device) if bias else None
+        )
 
     @property
     def weight(self) -> Tensor:
@@ -166,7 +174,15 @@ class KMeansLayer(nn.Module):
             pad: list[int] = []
             for p in reversed(self.padding):  # type: ignore[arg-type]
                 pad += [p, p]
-            return conv(F.pad(x, pad, mode=self.padding_mode), w, b, self.stride, 0, self.dilation, self.groups)
+            return conv(
+                F.pad(x, pad, mode=self.padding_mode),
+                w,
+                b,
+                self.stride,
+                0,
+                self.dilation,
+                self.groups,
+            )
         return conv(x, w, b, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
@@ -176,7 +192,9 @@ class KMeansLayer(nn.Module):
         )
 
 
-def _importance(model: nn.Module, names: list[str], data: Any, max_batches: int | None, progress: bool | None) -> dict[str, Tensor]:
+def _importance(
+    model: nn.Module, names: list[str], data: Any, max_batches: int | None, progress: bool | None
+) -> dict[str, Tensor]:
     """``E[x_j^2]`` of each input feature (channel for convolutions) of each named layer."""
     sums: dict[str, Tensor] = {}
     counts: dict[str, int] = {}
@@ -202,7 +220,13 @@ def _importance(model: nn.Module, names: list[str], data: Any, max_batches: int 
     model.eval()
     try:
         with torch.no_grad():
-            for i, b in enumerate(progress_bar(iter_batches(data, max_batches=max_batches, device=device, what="calib_data"), desc="k-means importance", enabled=progress)):
+            for i, b in enumerate(
+                progress_bar(
+                    iter_batches(data, max_batches=max_batches, device=device, what="calib_data"),
+                    desc="k-means importance",
+                    enabled=progress,
+                )
+            ):
                 run_model(model, b, index=i, what="calib_data")
     finally:
         for h in handles:
@@ -269,12 +293,25 @@ def kmeans_quantize(
     if weighted not in (False, "activation", "magnitude"):
         raise ConfigError(f"weighted={weighted!r} must be False, True/'activation' or 'magnitude'.")
     if weighted == "activation" and calib_data is None:
-        raise DataError("weighted='activation' weighs each weight by its input's E[x^2]: pass calib_data.")
-    targets = select_modules(model, include, exclude, types=quantizable_types(), skip_types=_skip_types(), family="k-means quantization")
+        raise DataError(
+            "weighted='activation' weighs each weight by its input's E[x^2]: pass calib_data."
+        )
+    targets = select_modules(
+        model,
+        include,
+        exclude,
+        types=quantizable_types(),
+        skip_types=_skip_types(),
+        family="k-means quantization",
+    )
     if not targets:
         raise SelectionError(f"{type(model).__name__} has no layer for k-means quantization.")
     names = [n for n, _ in targets]
-    imp = _importance(model, names, calib_data, max_batches, progress) if weighted == "activation" else {}
+    imp = (
+        _importance(model, names, calib_data, max_batches, progress)
+        if weighted == "activation"
+        else {}
+    )
     hf = None
     from .ptq import _hf_conv1d
 
@@ -288,7 +325,13 @@ def kmeans_quantize(
             raise NumericalError(f"The weight of {name!r} holds NaN or Inf.")
         if isinstance(old, nn.Conv1d | nn.Conv2d):
             kind = "conv2d" if isinstance(old, nn.Conv2d) else "conv1d"
-            kw: dict[str, Any] = {"stride": old.stride, "padding": old.padding, "dilation": old.dilation, "groups": old.groups, "padding_mode": old.padding_mode}
+            kw: dict[str, Any] = {
+                "stride": old.stride,
+                "padding": old.padding,
+                "dilation": old.dilation,
+                "groups": old.groups,
+                "padding_mode": old.padding_mode,
+            }
         else:
             kind, kw = "linear", {}
         weights = None
@@ -304,7 +347,16 @@ def kmeans_quantize(
         elif weighted == "magnitude":
             weights = w.abs()
         cent, lab = kmeans_1d(w, 2**bits, weights=weights, init=init, iters=iters, seed=seed)
-        layer = KMeansLayer(kind, tuple(w.shape), bits, bias=old.bias is not None, source=type(old).__name__, dtype=w.dtype, device=w.device, **kw)
+        layer = KMeansLayer(
+            kind,
+            tuple(w.shape),
+            bits,
+            bias=old.bias is not None,
+            source=type(old).__name__,
+            dtype=w.dtype,
+            device=w.device,
+            **kw,
+        )
         with torch.no_grad():
             layer.indices.copy_(QF.pack_int(lab, bits, 0))
             layer.codebook.copy_(cent)
@@ -318,5 +370,11 @@ def kmeans_quantize(
     }
     with snapshot_modules(model):
         replace_modules(model, {n: (lambda old, n=n: built[n]) for n in names})
-    io.add_history(model, "kmeans_quantize", {"bits": bits, "weighted": weighted, "init": init, "iters": iters, "seed": seed}, include=include, exclude=exclude)
+    io.add_history(
+        model,
+        "kmeans_quantize",
+        {"bits": bits, "weighted": weighted, "init": init, "iters": iters, "seed": seed},
+        include=include,
+        exclude=exclude,
+    )
     return model

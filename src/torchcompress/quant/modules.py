@@ -296,7 +296,9 @@ class QuantLinear(QuantLayer):
         self.in_features = in_features
         self.out_features = out_features
         self.source = source
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        self.weight = nn.Parameter(
+            torch.empty(out_features, in_features, device=device, dtype=dtype)
+        )
         self.bias = (
             nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
         )
@@ -348,8 +350,12 @@ class _QuantConvNd(QuantLayer):
 
     def _reversed_padding(self) -> list[int]:
         out: list[int] = []
-        for d, k, p in zip(reversed(self.dilation), reversed(self.kernel_size), reversed(self.padding)):  # type: ignore[arg-type]
-            out += [p, p] if isinstance(p, int) else [d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2]
+        for d, k, p in zip(
+            reversed(self.dilation), reversed(self.kernel_size), reversed(self.padding)
+        ):  # type: ignore[arg-type]
+            out += (
+                [p, p] if isinstance(p, int) else [d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2]
+            )
         return out
 
     def _op(self, x: Tensor, weight: Tensor) -> Tensor:

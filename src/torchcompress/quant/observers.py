@@ -417,7 +417,9 @@ def _chunked_error(
     step = max(1, budget // max(1, m * k))
     out = []
     for i in range(0, g, step):
-        out.append(obs._fq_error(v[i : i + step], c[i : i + step], lo[i : i + step], hi[i : i + step]))
+        out.append(
+            obs._fq_error(v[i : i + step], c[i : i + step], lo[i : i + step], hi[i : i + step])
+        )
     return torch.cat(out)
 
 
@@ -489,7 +491,9 @@ class KLObserver(HistogramObserver):
         n = b - lo_end + 1
         if n <= self._max_candidates():
             return torch.arange(lo_end, b + 1, device=device)
-        return torch.linspace(lo_end, b, self._max_candidates(), device=device).round().long().unique()
+        return (
+            torch.linspace(lo_end, b, self._max_candidates(), device=device).round().long().unique()
+        )
 
 
 def _kl_best_window(
@@ -579,7 +583,7 @@ class SAWBObserver(Observer):
 
     def compute_range(self) -> tuple[Tensor, Tensor]:
         self._check()
-        bits = int(round(math.log2(self.qmax - self.qmin + 1)))
+        bits = round(math.log2(self.qmax - self.qmin + 1))
         if bits not in SAWB_COEFFICIENTS:
             return self.min_val, self.max_val  # type: ignore[return-value]
         c1, c2 = SAWB_COEFFICIENTS[bits]
@@ -607,6 +611,4 @@ def make_observer(
         ConfigError: unknown observer name (the message lists the registered ones).
     """
     cls = OBSERVERS.get(name)
-    return cls(
-        qmin, qmax, symmetric=symmetric, include_zero=include_zero, exact=exact, **options
-    )
+    return cls(qmin, qmax, symmetric=symmetric, include_zero=include_zero, exact=exact, **options)

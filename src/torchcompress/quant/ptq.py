@@ -20,7 +20,7 @@ from .hardware import resolve_reduce_range
 from .modules import FakeQuantize, QuantConv1d, QuantConv2d, QuantLayer, QuantLinear
 from .spec import IntSpec, QuantConfig
 
-__all__ = ["quantize", "quantizable_types"]
+__all__ = ["quantizable_types", "quantize"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,9 @@ def _describe(module: nn.Module) -> str:
     return type(module).__name__
 
 
-def _ranges(config: QuantConfig, reduce: str) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+def _ranges(
+    config: QuantConfig, reduce: str
+) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
     """Integer ranges of weights and activations after ``reduce_range``."""
     w, a = config.weight, config.activation
     wr = (w.qmin, w.qmax) if w is not None else None
@@ -148,9 +150,9 @@ def build_quant_layer(
         wq.observer.reset()  # type: ignore[union-attr]
         layer.weight_quant = wq
     if config.activation is not None and with_input_quant:
-        layer.input_quant = make_activation_quant(config, name, conv=not isinstance(layer, QuantLinear), arange=ar).to(
-            layer.weight.device
-        )
+        layer.input_quant = make_activation_quant(
+            config, name, conv=not isinstance(layer, QuantLinear), arange=ar
+        ).to(layer.weight.device)
     return layer
 
 
@@ -215,7 +217,9 @@ def calibrate(
     n = 0
     try:
         with torch.no_grad():
-            batches = iter_batches(calib_data, max_batches=max_batches, device=device, what="calib_data")
+            batches = iter_batches(
+                calib_data, max_batches=max_batches, device=device, what="calib_data"
+            )
             total = count_batches(calib_data)
             if max_batches is not None and total is not None:
                 total = min(total, max_batches)
@@ -354,7 +358,18 @@ def quantize(
     use_graph = static and graph == "auto"
     bound = model.__dict__.get("forward")
     try:
-        _quantize(model, config, calib_data, targets, static, use_graph, fold_bn, reduce, max_batches, progress)
+        _quantize(
+            model,
+            config,
+            calib_data,
+            targets,
+            static,
+            use_graph,
+            fold_bn,
+            reduce,
+            max_batches,
+            progress,
+        )
     except BaseException:
         if bound is None:
             model.__dict__.pop("forward", None)
@@ -395,7 +410,11 @@ def _quantize(
         factories = {
             name: (
                 lambda old, name=name: build_quant_layer(
-                    old, name, config, reduce=reduce, with_input_quant=plan is None or name not in plan.visible
+                    old,
+                    name,
+                    config,
+                    reduce=reduce,
+                    with_input_quant=plan is None or name not in plan.visible,
                 )
             )
             for name, _ in targets
@@ -406,7 +425,11 @@ def _quantize(
             quantizers = plan.install(model, config, reduce)
         for name, _ in targets:
             layer = model.get_submodule(name)
-            if isinstance(layer, QuantLayer) and layer.input_quant is not None and not layer.input_quant.dynamic:
+            if (
+                isinstance(layer, QuantLayer)
+                and layer.input_quant is not None
+                and not layer.input_quant.dynamic
+            ):
                 quantizers.setdefault(name, []).append(layer.input_quant)
         if quantizers:
             calibrate(model, calib_data, quantizers, max_batches=max_batches, progress=progress)

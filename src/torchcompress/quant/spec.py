@@ -71,9 +71,7 @@ class IntSpec(Config):
         if isinstance(self.bits, bool) or not isinstance(self.bits, int):
             raise ConfigError(f"IntSpec.bits must be an int, got {self.bits!r}.")
         if not (2 <= self.bits <= 8 or self.bits == 16):
-            raise ConfigError(
-                f"IntSpec.bits={self.bits} is not supported; use 2 to 8 bits, or 16."
-            )
+            raise ConfigError(f"IntSpec.bits={self.bits} is not supported; use 2 to 8 bits, or 16.")
         for f in ("symmetric", "signed"):
             if not isinstance(getattr(self, f), bool):
                 raise ConfigError(f"IntSpec.{f} must be True or False, got {getattr(self, f)!r}.")
