@@ -147,7 +147,7 @@ def test_storage_is_integer_and_packed() -> None:
         c = tc.convert(tc.quantize(copy.deepcopy(m), cfg))
         layer = c[0]
         assert layer.qweight.dtype == torch.uint8 and layer.qweight.numel() == nbytes
-        assert layer.stored_bytes() == nbytes + 32 * 4 + 32 * 4  # + scales + zero points
+        assert layer.stored_bytes() == nbytes + 32 * 4 + 4  # + scales + one (zero) zero point
         assert not any(
             p.is_floating_point() and p.numel() == n for p in layer.state_dict().values()
         )
@@ -253,3 +253,20 @@ def test_linear_relu_fusion_in_graph() -> None:
     x = torch.randn(4, 16)
     assert torch.allclose(c(x), q(x), atol=1e-4)
     assert torch.allclose(q(x), m(x), atol=0.1)
+
+
+def test_int_mm_kernel_arithmetic_on_cpu() -> None:
+    """The CUDA path's arithmetic (zero-point correction, row padding), checked with CPU _int_mm."""
+    from torchcompress.quant.kernels import CudaIntMMKernel
+
+    m = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32)).eval()
+    for cfg, data in (
+        (tc.QuantConfig(mode="dynamic"), None),
+        (tc.QuantConfig(mode="dynamic", activation=tc.IntSpec(8, granularity="token")), None),
+        (tc.QuantConfig(), [torch.randn(16, 64)]),
+    ):
+        q, c = _pair(m, cfg, data, graph="layer")
+        k = CudaIntMMKernel(c[0])
+        for rows in (8, 40):
+            x = torch.randn(rows, 64)
+            assert torch.allclose(k(c[0], x, None), q[0](x), atol=1e-5)

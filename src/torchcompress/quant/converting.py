@@ -124,8 +124,11 @@ class IntLayer(nn.Module):
             self.register_buffer("qweight", stored)
             qshape = QF.qparam_shape(rows, cols, wfmt["granularity"], wfmt.get("group_size"))
         self.register_buffer("weight_scale", torch.ones(qshape, device=device))
+        # signed symmetric weights have all-zero zero points: stored as one zero, not one per scale
+        zero_free = wfmt is not None and wfmt["symmetric"] and wfmt["qmin"] < 0
+        zshape = (1,) if zero_free or wfmt is None else qshape
         self.register_buffer(
-            "weight_zero_point", torch.zeros(qshape, dtype=torch.int32, device=device)
+            "weight_zero_point", torch.zeros(zshape, dtype=torch.int32, device=device)
         )
         self.register_buffer(
             "bias", torch.zeros(rows, dtype=bias_dtype, device=device) if bias else None
@@ -239,7 +242,14 @@ class IntLayer(nn.Module):
                 )
                 new.qweight.copy_(QF.pack_int(q, int(wq.spec.bits), int(wq.quant_min)))
                 new.weight_scale.copy_(wq.scale.detach().float())
-                new.weight_zero_point.copy_(wq.zero_point.detach().round().to(torch.int32))
+                zp = wq.zero_point.detach().round().to(torch.int32)
+                if new.weight_zero_point.shape != zp.shape:
+                    if bool((zp != 0).any()):
+                        raise CompressionStateError(
+                            f"{wq.name}: a symmetric weight format has non-zero zero points."
+                        )
+                else:
+                    new.weight_zero_point.copy_(zp)
             if layer.bias is not None:
                 new.bias.copy_(layer.bias.detach())
             for prefix, fq in (("input", input_fq), ("output", output_fq), ("accum", accum_fq)):
@@ -284,6 +294,13 @@ class IntLayer(nn.Module):
             self.out_channels * self.cols,
         ).reshape(self.out_channels, self.cols)
 
+    def weight_zero_points(self) -> Tensor:
+        """The weight zero points in the shape of the scales (zeros for symmetric formats)."""
+        zp = self.weight_zero_point
+        if zp.shape != self.weight_scale.shape:
+            return zp.expand(self.weight_scale.shape)
+        return zp
+
     def dequantized_weight(self) -> Tensor:
         """The real weights, in ``weight_shape``."""
         if self.wfmt is None:
@@ -291,7 +308,7 @@ class IntLayer(nn.Module):
         w = QF.dequantize_weight(
             self.int_weight(),
             self.weight_scale,
-            self.weight_zero_point,
+            self.weight_zero_points(),
             self.wfmt["granularity"],
             self.wfmt.get("group_size"),
         )

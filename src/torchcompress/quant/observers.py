@@ -230,11 +230,17 @@ class MovingMinMaxObserver(Observer):
 class HistogramObserver(Observer):
     """Base of the observers that need the distribution: a streaming histogram per group.
 
+    ``skip_zeros`` (a class attribute) leaves exact zeros out of the histogram: they are
+    represented exactly by the zero point whatever the range, and after a ReLU they can hold half of
+    the mass in one bin, which would dominate a distribution-matching criterion.
+
     For symmetric formats the histogram is of ``|x|`` over ``[0, max|x|]``; otherwise of ``x`` over
     ``[min, max]``. When a batch falls outside the current range the histogram is re-binned onto the
     wider range (its CDF interpolated linearly, i.e. counts assumed uniform inside a bin). With
     ``exact=True`` (weights) the observed tensor itself is used.
     """
+
+    skip_zeros = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -270,7 +276,10 @@ class HistogramObserver(Observer):
             if bool(((new_lo < self.hist_lo) | (new_hi > self.hist_hi)).any()):
                 self.hist = _rebin(self.hist, self.hist_lo, self.hist_hi, new_lo, new_hi)
                 self.hist_lo, self.hist_hi = new_lo, new_hi
-        self.hist += _histc_rows(v, self.hist_lo, self.hist_hi, self.bins)
+        h = _histc_rows(v, self.hist_lo, self.hist_hi, self.bins)
+        if self.skip_zeros:
+            h = _drop_zeros(h, v, self.hist_lo, self.hist_hi)
+        self.hist += h
 
     def samples(self) -> tuple[Tensor, Tensor, bool]:
         """``(values, counts, abs_values)``: weighted samples of the observed distribution.
@@ -300,7 +309,10 @@ class HistogramObserver(Observer):
         else:
             lo, hi = v.amin(1), v.amax(1)
         hi = torch.where(hi > lo, hi, lo + 1e-8 * lo.abs().clamp(min=1.0))
-        return _histc_rows(v, lo, hi, b).float(), lo, hi
+        h = _histc_rows(v, lo, hi, b)
+        if self.skip_zeros:
+            h = _drop_zeros(h, v, lo, hi)
+        return h.float(), lo, hi
 
 
 def _histc_rows(v: Tensor, lo: Tensor, hi: Tensor, bins: int) -> Tensor:
@@ -311,6 +323,20 @@ def _histc_rows(v: Tensor, lo: Tensor, hi: Tensor, bins: int) -> Tensor:
     idx += torch.arange(g, device=v.device).unsqueeze(1) * bins
     counts = torch.bincount(idx.reshape(-1), minlength=g * bins)
     return counts.reshape(g, bins).double()
+
+
+def _drop_zeros(h: Tensor, v: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """Remove the count of exact zeros of each row from the bin holding zero."""
+    zeros = (v == 0).sum(1).double()
+    if not bool((zeros > 0).any()):
+        return h
+    bins = h.shape[1]
+    width = (hi - lo).clamp(min=1e-30) / bins
+    idx = ((0 - lo) / width).floor().clamp_(0, bins - 1).long()
+    inside = (lo <= 0) & (hi >= 0)
+    h = h.clone()
+    h.scatter_add_(1, idx.unsqueeze(1), -(zeros * inside).unsqueeze(1))
+    return h.clamp_(min=0)
 
 
 def _rebin(hist: Tensor, lo: Tensor, hi: Tensor, new_lo: Tensor, new_hi: Tensor) -> Tensor:
@@ -392,21 +418,33 @@ class MSEObserver(HistogramObserver):
             # |x| samples: the error of -x equals that of x for signed symmetric formats; for
             # unsigned one-sided data the samples are the data themselves.
             err = _chunked_error(self, signed_v, c, lo_c, hi_c)
-            best = err.argmin(1, keepdim=True)
+            best = _last_argmin(err)
             return lo_c.gather(1, best).squeeze(1), hi_c.gather(1, best).squeeze(1)
         lo, hi = lo0.clone(), hi0.clone()  # type: ignore[union-attr]
+        if self.include_zero:  # the quantizer widens to zero: search the widened range
+            lo, hi = lo.clamp(max=0), hi.clamp(min=0)
         for _ in range(2):
             span = (hi - lo).unsqueeze(1)
             hi_c = lo.unsqueeze(1) + alphas * span
+            if self.include_zero:
+                hi_c = hi_c.clamp(min=0)
             lo_rep = lo.unsqueeze(1).expand_as(hi_c)
             err = _chunked_error(self, v, c, lo_rep, hi_c)
-            hi = hi_c.gather(1, err.argmin(1, keepdim=True)).squeeze(1)
+            hi = hi_c.gather(1, _last_argmin(err)).squeeze(1)
             span = (hi - lo).unsqueeze(1)
             lo_c = hi.unsqueeze(1) - alphas * span
+            if self.include_zero:
+                lo_c = lo_c.clamp(max=0)
             hi_rep = hi.unsqueeze(1).expand_as(lo_c)
             err = _chunked_error(self, v, c, lo_c, hi_rep)
-            lo = lo_c.gather(1, err.argmin(1, keepdim=True)).squeeze(1)
+            lo = lo_c.gather(1, _last_argmin(err)).squeeze(1)
         return lo, hi
+
+
+def _last_argmin(err: Tensor) -> Tensor:
+    """Index of the minimum of each row, the last one on ties (the widest range: keep, not clip)."""
+    k = err.shape[1]
+    return k - 1 - err.flip(1).argmin(1, keepdim=True)
 
 
 def _chunked_error(
@@ -432,13 +470,16 @@ class KLObserver(HistogramObserver):
     ``2^b`` levels), the reference distribution ``P`` is the histogram inside the window with the
     mass outside folded into its edge bins, and ``Q`` is the window merged into the format's levels
     and expanded back (each level's mass spread over its non-empty bins). The window with the
-    smallest ``KL(P || Q)`` gives the range. All candidates are evaluated at once (in chunks).
+    smallest ``KL(P || Q)`` gives the range. All candidates are evaluated at once (in chunks). Exact
+    zeros are left out of the histogram (as pytorch-quantization's ``skip_zeros``): they are exact
+    at any range, and the spike a ReLU leaves at zero would otherwise push the threshold down.
 
     Args:
         max_candidates: candidate windows per group (the search grid is subsampled beyond it).
     """
 
     max_candidates = 1024
+    skip_zeros = True
     #: candidates per group when observing weights exactly (one search per output channel)
     max_candidates_exact = 128
 

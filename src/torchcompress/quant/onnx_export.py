@@ -15,6 +15,9 @@ kernels:
   the exact fake-quant arithmetic in plain ONNX ops (weights as float initializers).
 
 onnxruntime runs the file with outputs equal to the torch fake-quant model up to rounding ties.
+(Its u8*s8 CPU kernels saturate on AVX2 without VNNI exactly like fbgemm's: a model quantized with
+the default ``reduce_range="auto"`` on such a CPU is exact in onnxruntime too; one quantized with
+full-range 8-bit weights and activations is not.)
 Requires ``onnx`` (``pip install torchcompress[onnx]``); uses torch's TorchScript-based exporter.
 """
 
@@ -264,6 +267,21 @@ class _ExportFQ(nn.Module):
         return _QDQ.apply(x, s, z, qmin, qmax)
 
 
+class _KeywordInputs(nn.Module):
+    """Calls a model with keyword inputs given positionally; returns its tensor outputs as a tuple."""
+
+    def __init__(self, model: nn.Module, keys: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.keys = keys
+
+    def forward(self, *args: Tensor) -> Any:
+        out = self.model(**dict(zip(self.keys, args)))
+        if isinstance(out, dict):  # ModelOutput and plain dicts
+            return tuple(v for v in out.values() if isinstance(v, Tensor))
+        return out
+
+
 def _conv_args(m: Any) -> dict[str, Any]:
     pad = m.padding
     if isinstance(pad, str):
@@ -354,7 +372,7 @@ def _twin_of(m: nn.Module) -> nn.Module | None:
             t.set_weight_ints(
                 m.int_weight(),
                 m.weight_scale,
-                m.weight_zero_point,
+                m.weight_zero_points(),
                 w["qmin"],
                 w["qmax"],
                 w["granularity"],
@@ -372,6 +390,7 @@ def export_onnx(
     input_names: list[str] | None = None,
     output_names: list[str] | None = None,
     dynamic_batch: bool = True,
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
 ) -> str:
     """Export a quantized model (fake-quant or converted) to ONNX with QDQ quantization.
 
@@ -388,6 +407,8 @@ def export_onnx(
             keys).
         output_names: names of the graph outputs.
         dynamic_batch: make the first dimension of every input and output dynamic.
+        dynamic_axes: explicit dynamic axes per input/output name (overrides ``dynamic_batch``),
+            e.g. ``{"input_ids": {0: "batch", 1: "seq"}}``.
 
     Returns:
         The path written.
@@ -432,14 +453,16 @@ def export_onnx(
         args: tuple[Any, ...] = (example_inputs,)
         names = input_names or ["input"]
     elif isinstance(example_inputs, dict):
-        args = (dict(example_inputs),)
-        names = input_names or list(example_inputs)
+        keys = list(example_inputs)
+        m = _KeywordInputs(m, keys)  # keyword inputs (Hugging Face) as positional graph inputs
+        args = tuple(example_inputs[k] for k in keys)
+        names = input_names or keys
     else:
         args = tuple(example_inputs)
         names = input_names or [f"input_{i}" if i else "input" for i in range(len(args))]
     outs = output_names or ["output"]
-    dyn = None
-    if dynamic_batch:
+    dyn = dynamic_axes
+    if dyn is None and dynamic_batch:
         dyn = {n: {0: "batch"} for n in [*names, *outs]}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
