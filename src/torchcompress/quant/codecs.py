@@ -10,7 +10,7 @@ from torch import nn
 
 from .. import io
 from ..costs import LayerCost, register_cost
-from .converting import IntLayer
+from .converting import IntLayer, link_siblings
 from .graph import QuantGraph, rebuild
 from .kmeans import KMeansLayer
 from .modules import FakeQuantize, QuantConv1d, QuantConv2d, QuantLayer, QuantLinear
@@ -194,6 +194,7 @@ class IntLayerCodec(io.ModuleCodec):
             "bias": module.bias is not None,
             "dequant_output": module.dequant_output,
             "graph_mode": module.graph_mode,
+            "fuse_siblings": module.fuse_siblings,
             "stride": list(module.stride),
             "padding": module.padding if isinstance(module.padding, str) else list(module.padding),
             "dilation": list(module.dilation),
@@ -221,6 +222,10 @@ class IntLayerCodec(io.ModuleCodec):
         assert isinstance(module, IntLayer)
         module._kernel = None
         module._qp = {}
+
+    def after_load_model(self, model: nn.Module, name: str) -> None:
+        self.after_load(model.get_submodule(name))
+        link_siblings(model.get_submodule(name.rpartition(".")[0]))
 
 
 class KMeansCodec(io.ModuleCodec):

@@ -24,7 +24,7 @@ from .graph import (
 from .kernels import DequantKernel, Kernel, dequantize_u8, quantize_u8, select_kernel
 from .modules import FakeQuantize, QuantConv1d, QuantConv2d, QuantLayer, QuantLinear
 
-__all__ = ["IntLayer", "convert"]
+__all__ = ["IntLayer", "SiblingGroup", "convert", "link_siblings"]
 
 
 def _act_format(fq: FakeQuantize) -> dict[str, Any]:
@@ -76,6 +76,7 @@ class IntLayer(nn.Module):
         bias: bool = True,
         dequant_output: bool = False,
         graph_mode: bool = False,
+        fuse_siblings: bool = True,
         stride: tuple[int, ...] = (),
         padding: tuple[int, ...] | str = (),
         dilation: tuple[int, ...] = (),
@@ -150,6 +151,8 @@ class IntLayer(nn.Module):
             self.register_buffer(
                 "accum_zero_point", torch.zeros(1, dtype=torch.int32, device=device)
             )
+        #: may share a GEMM with sibling layers (see :class:`SiblingGroup`)
+        self.fuse_siblings = fuse_siblings
         #: set by the integer graph: the residual operand is not used after this layer, so the
         #: kernel may accumulate into it in place
         self.accum_inplace_ok = False
@@ -383,6 +386,11 @@ class IntLayer(nn.Module):
         return self.kernel_for(self.qweight.device)
 
     def forward(self, x: Tensor, accum: Tensor | None = None) -> Tensor:
+        group = self.__dict__.get("_siblings")
+        if group is not None and accum is None:
+            y = group.run(self, x)
+            if y is not None:
+                return y
         y = self.kernel_for(x.device)(self, x, accum)
         if self.dequant_output and y.dtype == torch.uint8:
             s, z = self.out_qparams()
@@ -393,6 +401,9 @@ class IntLayer(nn.Module):
     def _apply(self, fn: Any, recurse: bool = True) -> IntLayer:
         self._kernel = None  # device or dtype change: re-pack on next use
         self._qp = {}
+        group = self.__dict__.get("_siblings")
+        if group is not None:
+            group.fused = None
         super()._apply(fn, recurse)
         from .modules import _keep_float32
 
@@ -473,6 +484,189 @@ def _main_reason(reasons: list[str]) -> str:
         if not why.startswith("n/a"):
             return why
     return ""
+
+
+# --- sibling fusion --------------------------------------------------------------------------
+
+_FUSABLE_KERNELS = ("fbgemm_dynamic", "token", "cuda_int_mm")
+
+
+class SiblingGroup:
+    """Linear layers of one parent that often read the same input (e.g. attention's q, k, v).
+
+    When one member is called with a tensor, the group runs one GEMM with the members' weights
+    concatenated (dynamic activations: the same activation quantization for all of them, so the
+    result equals the separate calls) and keeps the other members' outputs until they are asked for
+    with the very same tensor (same object, unmodified). A member called with another input runs the
+    fused GEMM again, so the outputs are always the separate layers'. Only layers with dynamic
+    activations and the same formats are grouped.
+    """
+
+    def __init__(self, members: list[IntLayer]) -> None:
+        self.members = members
+        self.fused: IntLayer | None = None
+        self.bounds: list[tuple[int, int]] = []
+        self._x: Tensor | None = None
+        self._copy: Tensor | None = None
+        self._version = -1
+        self._outs: dict[int, Tensor] = {}
+        self._starter = -1
+        self.starts: dict[int, int] = {}  # fused runs each member started
+        self.hits: dict[int, int] = {}  # outputs of those runs served to siblings
+
+    def _build(self, device: torch.device) -> IntLayer | None:
+        ref = self.members[0]
+        rows = sum(m.out_channels for m in self.members)
+        wfmt = dict(ref.wfmt)  # type: ignore[arg-type]
+        wfmt["granularity"] = "channel"
+        fused = IntLayer(
+            "linear",
+            in_features=ref.in_features,
+            out_channels=rows,
+            weight_shape=(rows, ref.in_features),
+            wfmt=wfmt,
+            act=dict(ref.act),  # type: ignore[arg-type]
+            bias=any(m.bias is not None for m in self.members),
+            bias_dtype=ref.bias.dtype if ref.bias is not None else torch.float32,
+            device=device,
+        )
+        with torch.no_grad():
+            q = torch.cat([m.int_weight() for m in self.members])
+            fused.qweight.copy_(QF.pack_int(q, int(wfmt["bits"]), int(wfmt["qmin"])))
+            fused.weight_scale.copy_(
+                torch.cat(
+                    [
+                        m.weight_scale.float().reshape(-1).expand(m.out_channels)
+                        for m in self.members
+                    ]
+                )
+            )
+            if fused.bias is not None:
+                fused.bias.copy_(
+                    torch.cat(
+                        [
+                            m.bias
+                            if m.bias is not None
+                            else torch.zeros(m.out_channels, device=device)
+                            for m in self.members
+                        ]
+                    )
+                )
+        if fused.kernel_for(device).name not in _FUSABLE_KERNELS:
+            return None
+        self.bounds = []
+        start = 0
+        for m in self.members:
+            self.bounds.append((start, start + m.out_channels))
+            start += m.out_channels
+        return fused
+
+    def run(self, member: IntLayer, x: Tensor) -> Tensor | None:
+        """The member's output from the fused GEMM, or ``None`` to run it alone."""
+        i = next((k for k, m in enumerate(self.members) if m is member), -1)
+        if (
+            i < 0
+            or len(self.members) < 2
+            or member.kernel_for(x.device).name not in _FUSABLE_KERNELS
+        ):
+            return None
+        if self._x is x and i in self._outs and self._unchanged(x):
+            out = self._outs.pop(i)
+            self.hits[self._starter] = self.hits.get(self._starter, 0) + 1
+            if not self._outs:
+                self._x = self._copy = None
+            return out
+        starter = (
+            self.members[self._starter]
+            if self._x is not None and self._starter < len(self.members)
+            else None
+        )
+        if (
+            starter is not None
+            and self.starts.get(self._starter, 0) >= 3
+            and not self.hits.get(self._starter, 0)
+        ):
+            # its fused runs never served a sibling (it reads another input): run it alone
+            self.members = [m for m in self.members if m is not starter]
+            self.fused, self._x, self._outs, self.starts, self.hits = None, None, {}, {}, {}
+            if member is starter or len(self.members) < 2:
+                return None
+            i = self.members.index(member)
+        if self.fused is None or self.fused.qweight.device != x.device:
+            self.fused = self._build(x.device)
+            if self.fused is None:
+                self.members = []
+                return None
+        self.starts[i] = self.starts.get(i, 0) + 1
+        self._starter = i
+        y = self.fused(x)
+        outs = {k: y[..., a:b].contiguous() for k, (a, b) in enumerate(self.bounds)}
+        out = outs.pop(i)
+        self._x, self._outs = x, outs
+        if x.is_inference():  # no version counter: fingerprint a sample to detect in-place changes
+            self._version, self._copy = -1, _fingerprint(x)
+        else:
+            self._version, self._copy = x._version, None
+        return out
+
+    def _unchanged(self, x: Tensor) -> bool:
+        if self._copy is not None:
+            return bool(torch.equal(_fingerprint(x), self._copy))
+        return not x.is_inference() and x._version == self._version
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["fused"] = None
+        state["_x"] = None
+        state["_copy"] = None
+        state["_outs"] = {}
+        return state
+
+
+def _fingerprint(x: Tensor, n: int = 4096) -> Tensor:
+    """A strided sample of ``x`` (inference tensors have no version counter to check)."""
+    flat = x.detach().reshape(-1)
+    step = max(1, flat.numel() // n)
+    return flat[::step].clone()
+
+
+def _sibling_key(m: IntLayer) -> tuple[Any, ...] | None:
+    a, w = m.act, m.wfmt
+    if m.kind != "linear" or a is None or not a["dynamic"] or w is None or m.out is not None:
+        return None
+    if w["granularity"] not in ("tensor", "channel"):
+        return None
+    return (
+        m.in_features,
+        tuple(sorted(a.items())),
+        w["bits"],
+        w["qmin"],
+        w["qmax"],
+        w["symmetric"],
+        m.unary,
+        str(m.qweight.device),
+    )
+
+
+def link_siblings(parent: nn.Module) -> int:
+    """Group the dynamic integer Linear children of ``parent`` that can share one GEMM.
+
+    Returns:
+        The number of layers grouped.
+    """
+    by_key: dict[tuple[Any, ...], list[IntLayer]] = {}
+    for child in parent.children():
+        if isinstance(child, IntLayer) and child.fuse_siblings:
+            key = _sibling_key(child)
+            if key is not None:
+                by_key.setdefault(key, []).append(child)
+    n = 0
+    for members in by_key.values():
+        group = SiblingGroup(members) if len(members) > 1 else None
+        for m in members:
+            object.__setattr__(m, "_siblings", group)
+        n += len(members) if group else 0
+    return n
 
 
 # --- the integer graph -----------------------------------------------------------------------
@@ -691,7 +885,7 @@ def _producer_fq(
 # --- the verb --------------------------------------------------------------------------------
 
 
-def convert(model: nn.Module) -> nn.Module:
+def convert(model: nn.Module, *, fuse_siblings: bool = True) -> nn.Module:
     """Turn a fake-quant model (from :func:`torchcompress.quantize`) into a real integer model.
 
     Every fake-quant layer becomes an :class:`IntLayer`: weights stored as integers (int8, or
@@ -707,8 +901,13 @@ def convert(model: nn.Module) -> nn.Module:
     The outputs equal the fake-quant model's up to the rounding of a value that lies exactly
     between two integers (at most one step of a quantized tensor, rarely).
 
+    Linear layers of one module that read the same input with dynamic activations (attention's
+    query, key and value) share one GEMM on their concatenated weights (:class:`SiblingGroup`),
+    which gives exactly the separate layers' outputs.
+
     Args:
         model: a model quantized with :func:`torchcompress.quantize`; modified in place.
+        fuse_siblings: group sibling Linear layers into one GEMM (see above).
 
     Returns:
         ``model``, converted.
@@ -741,8 +940,23 @@ def convert(model: nn.Module) -> nn.Module:
         if container is not None:
             container.converted = converted
         raise
-    io.add_history(model, "convert", {})
+    if fuse_siblings:
+        for parent in {id(p): p for p in _parents_of_int_layers(model)}.values():
+            link_siblings(parent)
+    else:
+        for mod in model.modules():
+            if isinstance(mod, IntLayer):
+                mod.fuse_siblings = False
+    io.add_history(model, "convert", {"fuse_siblings": fuse_siblings})
     return model
+
+
+def _parents_of_int_layers(model: nn.Module) -> list[nn.Module]:
+    out = []
+    for mod in model.modules():
+        if any(isinstance(c, IntLayer) for c in mod.children()):
+            out.append(mod)
+    return out
 
 
 def _convert(model: nn.Module, container: Any) -> None:

@@ -329,14 +329,10 @@ def dequantize_weight(
 def token_qparams(x: Tensor, qmin: int, qmax: int, *, symmetric: bool) -> tuple[Tensor, Tensor]:
     """Per-token (last dimension) scales and zero points of ``x``, shaped ``[..., 1]``."""
     xf = x.detach().float()
-    if symmetric:
-        a = xf.abs().amax(-1, keepdim=True)
+    lo, hi = torch.aminmax(xf, dim=-1, keepdim=True)
+    if symmetric and qmin < 0:
+        a = torch.maximum(lo.abs(), hi.abs())
         lo, hi = -a, a
-        if qmin >= 0:
-            lo = xf.amin(-1, keepdim=True)
-    else:
-        lo = xf.amin(-1, keepdim=True)
-        hi = xf.amax(-1, keepdim=True)
     return choose_qparams(lo, hi, qmin, qmax, symmetric=symmetric, include_zero=True)
 
 

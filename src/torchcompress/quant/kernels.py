@@ -9,7 +9,8 @@ computes what the fake-quant model promised, fast or not). Kernels that ship wit
 - ``onednn``: ``torch.ops.onednn.qconv2d_pointwise`` / ``qconv1d_pointwise`` / ``qlinear_pointwise``
   for static activations (u8 in, u8 or fp32 out, fused ReLU, fused residual add for Conv2d).
 - ``fbgemm_dynamic``: ``torch.ops.quantized.linear_dynamic`` for per-tensor dynamic activations.
-- ``onednn_token``: oneDNN int8 GEMM with per-token activation scales applied to its fp32 output.
+- ``token``: an int8 GEMM (fbgemm, or oneDNN) with per-token activation scales applied to its
+  fp32 output.
 - ``cuda_int_mm``: ``torch._int_mm`` (int8 tensor cores) for Linear layers on CUDA.
 
 Add one with ``@KERNELS.register("name")`` on a :class:`Kernel` subclass (registration order is
@@ -355,12 +356,18 @@ class FbgemmDynamicKernel(Kernel):
         return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
-@KERNELS.register("onednn_token")
-class OnednnTokenKernel(Kernel):
-    """Dynamic per-token activations on CPU: oneDNN int8 GEMM, token scales applied to its output."""
+@KERNELS.register("token")
+class TokenKernel(Kernel):
+    """Dynamic per-token activations on CPU: an int8 GEMM on ``x / s_token + z_token``, rescaled.
 
-    name = "onednn_token"
-    note = "int8 oneDNN kernel, per-token scales"
+    The activations are scaled per token into the integer grid in one pass; fbgemm's
+    ``linear_with_input_q_dq_qweight_dq_output_fp32`` (scale 1, zero point 0) rounds them and runs
+    the int8 GEMM (oneDNN's ``qlinear_pointwise`` where fbgemm is missing); the output is then
+    ``s_token * (acc - z_token * colsum(W)) + bias``.
+    """
+
+    name = "token"
+    note = "int8 kernel, per-token scales"
 
     @classmethod
     def supports(cls, m: IntLayer, device: torch.device) -> str | None:
@@ -368,9 +375,9 @@ class OnednnTokenKernel(Kernel):
         if a is None or not a["dynamic"] or a["granularity"] != "token":
             return "n/a: not a dynamic per-token activation"
         if device.type != "cpu":
-            return "n/a: oneDNN int8 kernels run on CPU"
-        if not _onednn_ok():
-            return "this torch build has no oneDNN int8 kernels"
+            return "n/a: CPU int8 kernels run on CPU"
+        if _fbgemm_engine() is None and not _onednn_ok():
+            return "this torch build has no fbgemm or oneDNN int8 kernels"
         if m.kind != "linear":
             return "per-token activations apply to Linear only"
         if _act_levels(m) > 256:
@@ -383,10 +390,22 @@ class OnednnTokenKernel(Kernel):
         super().__init__(m)
         wq = m.int_weight().to(torch.int8).reshape(m.out_channels, -1)
         self.w_scales = m.weight_scale.float().reshape(-1).expand(m.out_channels).contiguous()
-        self.w_zps = torch.zeros(m.out_channels, dtype=torch.long)
-        self.packed = torch.ops.onednn.qlinear_prepack(wq, None)
         self.colsum = (wq.float().sum(1) * self.w_scales).contiguous()
         self.bias = None if m.bias is None else m.bias.float()
+        bias = self.bias if self.bias is not None else torch.zeros_like(self.colsum)
+        self.corr = torch.stack([self.colsum, bias])  # [2, N]: rows for the zero point and bias
+        self.fbgemm = _fbgemm_engine() is not None and _act_levels(m) == 256
+        if self.fbgemm:
+            prev = torch.backends.quantized.engine
+            try:
+                torch.backends.quantized.engine = _fbgemm_engine()  # type: ignore[assignment]
+                qw = _make_qtensor(wq, self.w_scales)
+                self.packed = torch.ops.quantized.linear_prepack(qw, None)
+            finally:
+                torch.backends.quantized.engine = prev
+        else:
+            self.w_zps = torch.zeros(m.out_channels, dtype=torch.long)
+            self.packed = torch.ops.onednn.qlinear_prepack(wq, None)
 
     def __call__(self, m: IntLayer, x: Tensor, accum: Tensor | None) -> Tensor:
         a = m.act
@@ -394,26 +413,34 @@ class OnednnTokenKernel(Kernel):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).float()
         s, z = QF.token_qparams(x2, qmin, qmax, symmetric=bool(a["symmetric"]))  # type: ignore[index]
-        zf = z.float()
-        u = torch.round(x2 * (1.0 / s) + zf).clamp_(qmin, qmax).sub_(qmin).to(torch.uint8)
-        y = torch.ops.onednn.qlinear_pointwise(
-            u,
-            1.0,
-            0,
-            self.packed,
-            self.w_scales,
-            self.w_zps,
-            None,
-            1.0,
-            0,
-            torch.float32,
-            "none",
-            [],
-            "",
-        )
-        y = y.mul_(s).add_((s * (qmin - zf)) * self.colsum)
-        if self.bias is not None:
-            y = y.add_(self.bias)
+        zk = (z - qmin).float()  # zero point of the uint8 storage
+        if self.fbgemm:
+            # x / s + zk on the integer grid (multiply, then add: the simulation's float steps,
+            # not a fused multiply-add); the kernel rounds it
+            xs = torch.mul(x2, 1.0 / s).add_(zk)
+            acc = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+                xs, 1.0, 0, self.packed
+            )
+        else:
+            u = torch.round(x2 * (1.0 / s) + zk).clamp_(0, qmax - qmin).to(torch.uint8)
+            acc = torch.ops.onednn.qlinear_pointwise(
+                u,
+                1.0,
+                0,
+                self.packed,
+                self.w_scales,
+                self.w_zps,
+                None,
+                1.0,
+                0,
+                torch.float32,
+                "none",
+                [],
+                "",
+            )
+        # y = s * (acc - zk * colsum(W)) + bias: one scaling pass and one rank-2 update
+        y = acc.mul_(s)
+        y = y.addmm_(torch.cat([-(s * zk), torch.ones_like(s)], 1), self.corr)
         y = m.apply_unary(y.reshape(*shape[:-1], y.shape[-1]))
         return y if y.dtype == x.dtype else y.to(x.dtype)
 
