@@ -321,3 +321,14 @@ def link_siblings_count(model: nn.Module) -> int:
     from torchcompress.quant.converting import link_siblings
 
     return link_siblings(model)
+
+
+@needs_onednn
+def test_bfloat16_graph_model() -> None:
+    m = TinyResNet().eval().to(torch.bfloat16)
+    data = [torch.randn(4, 3, 8, 8, dtype=torch.bfloat16) for _ in range(2)]
+    q, c = _pair(m, tc.QuantConfig(), data)
+    x = torch.randn(3, 3, 8, 8, dtype=torch.bfloat16)
+    yq, yc = q(x), c(x)
+    assert yq.dtype == yc.dtype == torch.bfloat16
+    assert (yc.float() - yq.float()).abs().max() < 0.1 * yq.float().abs().max() + 0.05

@@ -104,6 +104,8 @@ class IntLayer(nn.Module):
         self.groups = groups
         self.padding_mode = padding_mode
         self.source = source or kind
+        #: the dtype of float outputs when the input is integer (the model's dtype)
+        self.float_dtype = bias_dtype
         rows = self.out_channels
         cols = 1
         for s in self.weight_shape[1:]:
@@ -394,8 +396,8 @@ class IntLayer(nn.Module):
         y = self.kernel_for(x.device)(self, x, accum)
         if self.dequant_output and y.dtype == torch.uint8:
             s, z = self.out_qparams()
-            dtype = x.dtype if x.is_floating_point() else torch.float32
-            return dequantize_u8(y, s, z).to(dtype)
+            dtype = x.dtype if x.is_floating_point() else self.float_dtype
+            return dequantize_u8(y, s, z, dtype)
         return y
 
     def _apply(self, fn: Any, recurse: bool = True) -> IntLayer:
@@ -740,12 +742,15 @@ def build_integer_graph(model: nn.Module, graph: fx.Graph, *, configure: bool = 
     env: dict[fx.Node, fx.Node] = {}
     qp: dict[fx.Node, _QP] = {}
     deq: dict[fx.Node, fx.Node] = {}
+    from ..select import module_device_dtype
+
+    fdtype = module_device_dtype(model)[1] or torch.float32
 
     def as_float(n: fx.Node) -> fx.Node:
         if n in qp:
             if n not in deq:
                 p = qp[n]
-                deq[n] = new.call_function(dequantize_u8, (env[n], p.scale, p.zpk))
+                deq[n] = new.call_function(dequantize_u8, (env[n], p.scale, p.zpk, fdtype))
             return deq[n]
         return env[n]
 

@@ -66,9 +66,10 @@ def _fast_quantize() -> bool:
         return False
 
 
-def dequantize_u8(u: Tensor, scale: float, zp: int) -> Tensor:
-    """``(u - zp) * scale`` in float32."""
-    return (u.to(torch.float32) - float(zp)).mul_(scale)
+def dequantize_u8(u: Tensor, scale: float, zp: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``(u - zp) * scale`` (computed in float32, returned in ``dtype``)."""
+    y = (u.to(torch.float32) - float(zp)).mul_(scale)
+    return y if dtype == torch.float32 else y.to(dtype)
 
 
 @functools.lru_cache(maxsize=1)
@@ -192,7 +193,7 @@ class OnednnKernel(Kernel):
 
     def __call__(self, m: IntLayer, x: Tensor, accum: Tensor | None) -> Tensor:
         xs, xz = m.in_qparams()
-        dtype = x.dtype if x.is_floating_point() else torch.float32
+        dtype = x.dtype if x.is_floating_point() else m.float_dtype
         u = x if x.dtype == torch.uint8 else quantize_u8(x, xs, xz, _act_levels(m) - 1)
         out_int = m.out is not None
         os_, oz = m.out_qparams() if out_int else (1.0, 0)
@@ -516,11 +517,7 @@ class DequantKernel(Kernel):
         return None
 
     def __call__(self, m: IntLayer, x: Tensor, accum: Tensor | None) -> Tensor:
-        dtype = (
-            x.dtype
-            if x.is_floating_point()
-            else (m.bias.dtype if m.bias is not None else torch.float32)
-        )
+        dtype = x.dtype if x.is_floating_point() else m.float_dtype
         xf = m.simulate_input(x)
         w = m.dequantized_weight().to(xf.dtype)
         b = None if m.bias is None else m.bias.to(xf.dtype)

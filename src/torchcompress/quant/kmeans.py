@@ -58,7 +58,7 @@ def kmeans_1d(
         >>> import torch
         >>> c, lab = kmeans_1d(torch.tensor([0.0, 0.1, 5.0, 5.2]), 2)
         >>> [round(v, 2) for v in c.tolist()], lab.tolist()
-        [0.05, 5.1], [0, 0, 1, 1]
+        ([0.05, 5.1], [0, 0, 1, 1])
     """
     v = x.detach().reshape(-1).float()
     w = torch.ones_like(v) if weights is None else weights.detach().reshape(-1).float().clamp(min=0)

@@ -166,7 +166,8 @@ def make_activation_quant(
 ) -> FakeQuantize:
     """An activation quantizer for ``config`` (observing if static, dynamic otherwise)."""
     a = spec or config.activation
-    assert a is not None
+    if a is None:
+        raise ConfigError(f"{name!r}: the config quantizes no activation.")
     if conv and a.granularity == "token":
         log.warning(
             "%s is a convolution: per-token activation scales apply to Linear inputs; "
@@ -318,8 +319,10 @@ def quantize(
         >>> import torch, torchcompress as tc
         >>> model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
         >>> calib = [torch.randn(8, 16) for _ in range(4)]
-        >>> tc.quantize(model, tc.QuantConfig(), calib)[0].input_quant
-        FakeQuantize(uint8 asym per-tensor, minmax)
+        >>> model = tc.quantize(model, tc.QuantConfig(), calib)  # static, planned on the fx graph
+        >>> sorted(model.quant_graph.quantizers)  # the input, and after Linear+ReLU
+        ['input__0', 'output__0']
+        >>> model = tc.convert(model)  # uint8 between the two layers, int8 kernels
     """
     config = QuantConfig() if config is None else config
     if not isinstance(config, QuantConfig):
