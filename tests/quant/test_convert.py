@@ -332,3 +332,18 @@ def test_bfloat16_graph_model() -> None:
     yq, yc = q(x), c(x)
     assert yq.dtype == yc.dtype == torch.bfloat16
     assert (yc.float() - yq.float()).abs().max() < 0.1 * yq.float().abs().max() + 0.05
+
+
+def test_unfused_residual_structure() -> None:
+    """fuse_residual=False: the convolution output and the sum are quantized separately."""
+    m = TinyResNet().eval()
+    _randomize_bn(m)
+    data = [torch.randn(4, 3, 8, 8) for _ in range(3)]
+    q, c = _pair(m, tc.QuantConfig(), data, fuse_residual=False)
+    assert (
+        "output_add" in q.quant_graph.quantizers
+        and "output_block_conv2" in q.quant_graph.quantizers
+    )
+    assert not c.block.conv2.has_accum
+    x = torch.randn(5, 3, 8, 8)
+    assert (c(x) - q(x)).abs().max() <= 0.05 * (q(x) - m(x)).abs().max() + 1e-4

@@ -172,3 +172,13 @@ def test_io_codec_can_create_missing_module_and_see_the_model(tmp_path: Path) ->
 
     with pytest.raises(SelectionError):
         tc.load(path, nn.Sequential(nn.ReLU()))
+
+
+def test_unfused_residual_graph_round_trip(tmp_path: Path) -> None:
+    m = TinyResNet().eval()
+    data = [torch.randn(4, 3, 8, 8) for _ in range(2)]
+    c = tc.convert(tc.quantize(copy.deepcopy(m), tc.QuantConfig(), data, fuse_residual=False))
+    loaded = _round_trip(c, TinyResNet().eval(), tmp_path)
+    assert not loaded.quant_graph.fuse_residual
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(loaded(x), c(x))

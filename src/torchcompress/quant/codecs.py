@@ -285,11 +285,12 @@ class QuantGraphCodec(io.ModuleCodec):
         return {
             "leaf_names": list(module.leaf_names),
             "converted": module.converted,
+            "fuse_residual": module.fuse_residual,
             "quantizers": {k: fq_spec(v) for k, v in module.quantizers.items()},  # type: ignore[arg-type]
         }
 
     def decode(self, spec: dict[str, Any], current: nn.Module | None) -> nn.Module:
-        c = QuantGraph(spec["leaf_names"])
+        c = QuantGraph(spec["leaf_names"], fuse_residual=spec.get("fuse_residual", True))
         for k, v in spec["quantizers"].items():
             c.quantizers[k] = fq_from_spec(v)  # type: ignore[assignment]
         c.converted = bool(spec["converted"])

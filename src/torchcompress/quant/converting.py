@@ -722,6 +722,8 @@ def build_integer_graph(model: nn.Module, graph: fx.Graph, *, configure: bool = 
     """
     modules = dict(model.named_modules())
     targets = {n for n, m in modules.items() if isinstance(m, QuantLayer | IntLayer)}
+    # (with fuse_residual=False the residual adds are separated from the convolutions by the
+    # output quantizers already in the graph: they run as float adds between quantize steps)
     groups = find_groups(graph, modules, targets)
     member: dict[fx.Node, Any] = {}
     for g in groups.values():
@@ -733,7 +735,7 @@ def build_integer_graph(model: nn.Module, graph: fx.Graph, *, configure: bool = 
         m = _module_of(node, modules)
         return m if isinstance(m, FakeQuantize) else None
 
-    out_fq: dict[fx.Node, fx.Node] = {}
+    out_fq: dict[fx.Node, fx.Node] = {}  # group tail -> its output quantizer node
     for g in groups.values():
         for u in g.tail.users:
             if fq_of(u) is not None and str(u.target).endswith(f".output_{g.layer.name}"):

@@ -263,6 +263,10 @@ class Group:
     other: fx.Node | None = None
     act: fx.Node | None = None
     act_kind: str | None = None
+    #: ``"layer"`` (a quantized layer) or ``"add"`` (a residual add of two integer tensors,
+    #: re-quantized on its own: ``fuse_residual=False``)
+    kind: str = "layer"
+    owner: str = ""  # the layer named in messages for an add group
 
     @property
     def tail(self) -> fx.Node:
@@ -270,9 +274,14 @@ class Group:
 
 
 def find_groups(
-    graph: fx.Graph, modules: dict[str, nn.Module], targets: set[str]
+    graph: fx.Graph, modules: dict[str, nn.Module], targets: set[str], fuse_residual: bool = True
 ) -> dict[fx.Node, Group]:
-    """Each quantized layer node's group (layer [+ residual add] [+ ReLU/ReLU6])."""
+    """Each quantized layer node's group (layer [+ residual add] [+ ReLU/ReLU6]).
+
+    With ``fuse_residual=False`` residual adds are not fused into the convolution before them:
+    each becomes a group of its own (both operands and the sum integer, as onnxruntime's
+    ``QLinearAdd``).
+    """
     groups: dict[fx.Node, Group] = {}
     for node in graph.nodes:
         if not _is_qop(node, modules, targets):
@@ -280,7 +289,7 @@ def find_groups(
         g = Group(node)
         kind = _layer_kind(modules.get(str(node.target)))
         users = list(node.users)
-        if kind == "conv2d" and len(users) == 1 and _is_add(users[0]):
+        if fuse_residual and kind == "conv2d" and len(users) == 1 and _is_add(users[0]):
             add = users[0]
             a, b = add.args
             other = b if a is node else a
@@ -293,6 +302,28 @@ def find_groups(
             if k is not None and users[0].args and users[0].args[0] is tail:
                 g.act, g.act_kind = users[0], k
         groups[node] = g
+    if not fuse_residual:
+        tails = {g.tail: g for g in groups.values()}
+        for node in graph.nodes:
+            if not _is_add(node):
+                continue
+            a, b = node.args
+            if (
+                not (isinstance(a, fx.Node) and isinstance(b, fx.Node))
+                or _non_tensor(a)
+                or _non_tensor(b)
+            ):
+                continue
+            src = tails.get(a) or tails.get(b)
+            if src is None or a is b:
+                continue
+            g = Group(node, kind="add", owner=str(src.layer.target))
+            users = list(node.users)
+            if len(users) == 1:
+                k = _act_kind(users[0], modules)
+                if k is not None and users[0].args and users[0].args[0] is node:
+                    g.act, g.act_kind = users[0], k
+            groups[node] = g
     return groups
 
 
@@ -317,6 +348,7 @@ class GraphPlan:
     leaf_names: list[str]
     targets: list[str]
     visible: set[str] = field(default_factory=set)
+    fuse_residual: bool = True
 
     def install(self, model: nn.Module, config: Any, reduce: str) -> dict[str, list[FakeQuantize]]:
         """Insert the quantizers (observing) and bind the graph as ``model.forward``.
@@ -332,9 +364,11 @@ class GraphPlan:
                 f"{type(model).__name__} already has an attribute {GRAPH_ATTR!r}; it cannot be "
                 "quantized in graph mode (pass graph='layer')."
             )
-        container = QuantGraph(self.leaf_names)
+        container = QuantGraph(self.leaf_names, fuse_residual=self.fuse_residual)
         model.add_module(GRAPH_ATTR, container)
-        points = plan_points(self.graph, dict(model.named_modules()), set(self.visible))
+        points = plan_points(
+            self.graph, dict(model.named_modules()), set(self.visible), self.fuse_residual
+        )
         out: dict[str, list[FakeQuantize]] = {}
         for p in points:
             layer = model.get_submodule(p.layer)
@@ -362,8 +396,9 @@ def _needs_int(
     memo[node] = False
     res = False
     for u in node.users:
+        g = group_of_add.get(u)
         if (_is_qop(u, modules, targets) and u.args and u.args[0] is node) or (
-            u in group_of_add and group_of_add[u].other is node
+            g is not None and (g.other is node or (g.kind == "add" and node in u.args[:2]))
         ):
             res = True
         elif _pass_kind(u, modules) is not None and u.args and u.args[0] is node:
@@ -407,17 +442,28 @@ def _int_state(
     return state
 
 
-def plan_points(graph: fx.Graph, modules: dict[str, nn.Module], targets: set[str]) -> list[Point]:
+def plan_points(
+    graph: fx.Graph, modules: dict[str, nn.Module], targets: set[str], fuse_residual: bool = True
+) -> list[Point]:
     """The quantization points of ``graph`` (deterministic: named after the graph's nodes)."""
-    groups = find_groups(graph, modules, targets)
+    groups = find_groups(graph, modules, targets, fuse_residual)
     group_of_add = {g.add: g for g in groups.values() if g.add is not None}
+    group_of_add.update({g.layer: g for g in groups.values() if g.kind == "add"})
     memo: dict[fx.Node, bool] = {}
     outputs_int = {
-        g.tail for g in groups.values() if _needs_int(g.tail, modules, targets, group_of_add, memo)
+        g.tail
+        for g in groups.values()
+        if g.kind == "add" or _needs_int(g.tail, modules, targets, group_of_add, memo)
     }
     state = _int_state(graph, modules, targets, groups, outputs_int)
     points: list[Point] = []
     for g in groups.values():
+        if g.kind == "add":
+            for i, arg in enumerate(g.layer.args[:2]):
+                if isinstance(arg, fx.Node) and not state.get(arg, False):
+                    points.append(Point(f"input{i}_{g.layer.name}", g.owner, "addin", g.layer))
+            points.append(Point(f"output_{g.layer.name}", g.owner, "output", g.tail))
+            continue
         x = g.layer.args[0] if g.layer.args else None
         if isinstance(x, fx.Node) and not state.get(x, False):
             points.append(Point(f"input_{g.layer.name}", str(g.layer.target), "input", g.layer))
@@ -436,6 +482,13 @@ def insert_points(graph: fx.Graph, points: list[Point]) -> None:
             with graph.inserting_after(p.node):
                 q = graph.call_module(target, (p.node,))
             p.node.replace_all_uses_with(q, delete_user_cb=lambda u, q=q: u is not q)
+        elif p.where == "addin":
+            i = int(p.name[len("input") : p.name.index("_")])
+            with graph.inserting_before(p.node):
+                q = graph.call_module(target, (p.node.args[i],))
+            args = list(p.node.args)
+            args[i] = q
+            p.node.args = tuple(args)
         elif p.where == "input":
             x = p.node.args[0]
             with graph.inserting_before(p.node):
@@ -455,7 +508,9 @@ def insert_points(graph: fx.Graph, points: list[Point]) -> None:
     graph.lint()
 
 
-def prepare_graph(model: nn.Module, targets: list[str]) -> GraphPlan | None:
+def prepare_graph(
+    model: nn.Module, targets: list[str], *, fuse_residual: bool = True
+) -> GraphPlan | None:
     """Trace ``model`` before its layers are replaced (see the module docs).
 
     Returns:
@@ -470,7 +525,13 @@ def prepare_graph(model: nn.Module, targets: list[str]) -> GraphPlan | None:
     if not visible:
         return None
     _strip_identities(graph, dict(model.named_modules()))
-    return GraphPlan(graph=graph, leaf_names=leaves, targets=targets, visible=set(visible))
+    return GraphPlan(
+        graph=graph,
+        leaf_names=leaves,
+        targets=targets,
+        visible=set(visible),
+        fuse_residual=fuse_residual,
+    )
 
 
 # --- the container and forward binding ------------------------------------------------------
@@ -484,12 +545,15 @@ class QuantGraph(nn.Module):
             feed (``input_<node>``, ``accum_<node>``) or follow (``output_<node>``).
         leaf_names: modules kept as opaque calls when tracing.
         converted: the bound graph is the integer graph (after :func:`torchcompress.convert`).
+        fuse_residual: residual adds are fused into the convolution before them (else they
+            are integer ops of their own).
     """
 
-    def __init__(self, leaf_names: list[str] | None = None) -> None:
+    def __init__(self, leaf_names: list[str] | None = None, *, fuse_residual: bool = True) -> None:
         super().__init__()
         self.quantizers = nn.ModuleDict()
         self.leaf_names = list(leaf_names or [])
+        self.fuse_residual = fuse_residual
         self.converted = False
         self.fake_graph: fx.Graph | None = None
         self.graph: fx.Graph | None = None
@@ -535,7 +599,7 @@ def rebuild(model: nn.Module, container: QuantGraph) -> None:
     targets = {n for n, m in modules.items() if isinstance(m, QuantLayer | IntLayer)}
     graph = _strip_points(graph, modules)
     _strip_identities(graph, modules)
-    points = plan_points(graph, modules, targets)
+    points = plan_points(graph, modules, targets, container.fuse_residual)
     names = sorted(p.name for p in points)
     if names != sorted(container.quantizers.keys()):
         raise CompressionStateError(

@@ -265,6 +265,7 @@ def quantize(
     max_batches: int | None = None,
     graph: str = "auto",
     fold_bn: bool = True,
+    fuse_residual: bool = True,
     progress: bool | None = None,
 ) -> nn.Module:
     """Post-training quantization: replace layers with fake-quant layers that simulate integers exactly.
@@ -303,6 +304,11 @@ def quantize(
         fold_bn: in static mode, fold each BatchNorm into the preceding layer first
             (:func:`torchcompress.fuse`: eval-mode statistics; the BatchNorm becomes an identity),
             as the integer model runs it.
+        fuse_residual: in graph mode, fuse a residual add (and its ReLU) into the convolution
+            before it, so the convolution's output is never re-quantized on its own (fewer
+            roundings, the fastest torch integer graph). ``False`` quantizes the convolution's
+            output and the sum separately, the structure onnxruntime fuses into ``QLinearAdd``
+            (choose it for models exported to onnxruntime).
         progress: show a progress bar (default: when interactive).
 
     Returns:
@@ -372,6 +378,7 @@ def quantize(
             reduce,
             max_batches,
             progress,
+            fuse_residual,
         )
     except BaseException:
         if bound is None:
@@ -401,6 +408,7 @@ def _quantize(
     reduce: str,
     max_batches: int | None,
     progress: bool | None,
+    fuse_residual: bool = True,
 ) -> None:
     with snapshot_modules(model):
         if static and fold_bn:
@@ -409,7 +417,7 @@ def _quantize(
         if use_graph:
             from .graph import prepare_graph
 
-            plan = prepare_graph(model, [n for n, _ in targets])
+            plan = prepare_graph(model, [n for n, _ in targets], fuse_residual=fuse_residual)
         factories = {
             name: (
                 lambda old, name=name: build_quant_layer(
