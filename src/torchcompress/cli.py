@@ -100,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="an end-to-end compression run on the bundled digits data")
     d.add_argument("--model", default="resnet20", help="a tc.models name (default: resnet20)")
     d.add_argument(
-        "--epochs", type=int, default=None, help="training epochs (default: 8, 3 with --quick)"
+        "--epochs", type=int, default=None, help="training epochs (default: 6, 3 with --quick)"
     )
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=None, help="torch CPU threads")

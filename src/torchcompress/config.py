@@ -89,7 +89,10 @@ class Config:
             raise ConfigError(
                 f"{cls.__name__} has no field {k!r} (fields: {', '.join(names)}).{did_you_mean(k, names)}"
             )
-        hints = get_type_hints(cls)
+        try:
+            hints = get_type_hints(cls)
+        except (NameError, TypeError):  # annotations naming classes local to a function
+            hints = {f.name: f.type for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         kwargs = {k: _decode(v, hints.get(k)) for k, v in data.items()}
         try:
             return cls(**kwargs)
@@ -120,8 +123,11 @@ def _decode(value: Any, hint: Any) -> Any:
                 return cand.from_dict(value)
             except ConfigError:
                 continue
-    if isinstance(value, list) and hint is not None and _is_tuple_hint(hint):
-        return tuple(value)
+    if isinstance(value, dict):  # a plain dict: its values may hold configs
+        return {k: _decode(v, None) for k, v in value.items()}
+    if isinstance(value, list):  # elements may be configs; tuple fields come back as tuples
+        items = [_decode(v, None) for v in value]
+        return tuple(items) if hint is not None and _is_tuple_hint(hint) else items
     return value
 
 
@@ -139,6 +145,10 @@ def _config_types(hint: Any) -> list[type[Config]]:
 
 
 def _is_tuple_hint(hint: Any) -> bool:
+    if isinstance(hint, str):  # an annotation that could not be evaluated
+        return hint.replace(" ", "").startswith(
+            ("tuple", "Tuple", "typing.Tuple")
+        ) or "|tuple" in hint.replace(" ", "")
     origin = typing.get_origin(hint)
     if origin is tuple:
         return True

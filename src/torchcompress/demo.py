@@ -109,6 +109,7 @@ def run_demo(
     threads: int | None = None,
     out: TextIO | None = None,
     quick: bool = False,
+    image_size: int = 16,
 ) -> list[dict[str, Any]]:
     """Run the demo and return its rows (also printed to ``out`` when given).
 
@@ -119,6 +120,7 @@ def run_demo(
         threads: torch CPU threads (default: torch's choice).
         out: a text stream to print progress and the table to.
         quick: fewer epochs and timing rounds.
+        image_size: side of the (upsampled) digit images; the originals are 8x8.
     """
     import torchcompress as tc
 
@@ -129,13 +131,13 @@ def run_demo(
     if threads:
         torch.set_num_threads(threads)
     tc.seed_everything(seed)
-    epochs = epochs if epochs is not None else (3 if quick else 8)
-    train, test = tc.data.digits(batch_size=64, seed=seed)
+    epochs = epochs if epochs is not None else (3 if quick else 6)
+    train, test = tc.data.digits(batch_size=64, image_size=image_size, seed=seed)
     example = next(iter(test))[0][:1]
     ctx = DemoContext(train=train, test=test, example=example, finetune_epochs=1 if quick else 2)
 
     say(
-        f"torchcompress {tc.__version__} demo: {model_name} on scikit-learn digits (32x32, {len(train.dataset)} train / {len(test.dataset)} test images)"
+        f"torchcompress {tc.__version__} demo: {model_name} on scikit-learn digits ({image_size}x{image_size}, {len(train.dataset)} train / {len(test.dataset)} test images)"
     )
     model = tc.models.create(model_name)
     t0 = time.perf_counter()

@@ -116,6 +116,8 @@ def select_modules(
 
     skipped_prefixes: list[str] = []
     out: list[tuple[str, nn.Module]] = []
+    supported_names: list[str] = []
+    unsupported_exact: list[tuple[str, nn.Module]] = []
     for name, module in named:
         if any(name.startswith(p + ".") for p in skipped_prefixes):
             continue
@@ -125,19 +127,26 @@ def select_modules(
         supported = types is None or isinstance(module, tuple(types))
         if predicate is not None and supported:
             supported = predicate(name, module)
+        if supported:
+            supported_names.append(name)
         if inc and not matches(name, inc):
             continue
         if exc and matches(name, exc):
             continue
         if not supported:
             if name in inc:
-                allowed = ", ".join(t.__name__ for t in types) if types else "the supported layers"
-                raise UnsupportedModuleError(
-                    f"Module {name!r} ({type(module).__name__}) was asked for in include=, but "
-                    f"{family} supports {allowed}. Remove it from include= or pick its sub-layers."
-                )
+                unsupported_exact.append((name, module))
             continue
         out.append((name, module))
+    # A module named exactly in include= that the family cannot handle is an error, unless it is
+    # a container of supported layers (include=["layer1"] takes every layer inside layer1).
+    for name, module in unsupported_exact:
+        if not any(n.startswith(name + ".") for n in supported_names):
+            allowed = ", ".join(t.__name__ for t in types) if types else "the supported layers"
+            raise UnsupportedModuleError(
+                f"Module {name!r} ({type(module).__name__}) was asked for in include=, but "
+                f"{family} supports {allowed}. Remove it from include= or pick its sub-layers."
+            )
     if inc and not out:
         raise SelectionError(
             f"include={inc!r} selects no layer {family} supports"
@@ -266,7 +275,7 @@ def snapshot_modules(model: nn.Module) -> Iterator[dict[str, Any]]:
         >>> w = m[0].weight.detach().clone()
         >>> try:
         ...     with snapshot_modules(m):
-        ...         m[0].weight.data.zero_()
+        ...         _ = m[0].weight.data.zero_()
         ...         raise RuntimeError("boom")
         ... except RuntimeError:
         ...     pass
