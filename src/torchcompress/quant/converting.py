@@ -699,9 +699,12 @@ def _qp_of(fq: FakeQuantize) -> _QP:
     )
 
 
-def relu_u8(u: Tensor, zpk: int) -> Tensor:
-    """ReLU of integer activations stored as uint8 with zero point ``zpk``."""
-    return u.clamp_min(zpk) if zpk > 0 else u
+def relu_u8(u: Tensor, zpk: int, inplace: bool = False) -> Tensor:
+    """ReLU of integer activations stored as uint8 with zero point ``zpk`` (in place like the
+    model's own ReLU, when that one is)."""
+    if zpk <= 0:
+        return u
+    return u.clamp_min_(zpk) if inplace else u.clamp_min(zpk)
 
 
 def pad_u8(u: Tensor, pad: Any, zpk: int) -> Tensor:
@@ -817,7 +820,7 @@ def build_integer_graph(model: nn.Module, graph: fx.Graph, *, configure: bool = 
         if pk is not None and isinstance(x, fx.Node) and x in qp:
             p = qp[x]
             if pk == "relu":
-                env[node] = new.call_function(relu_u8, (env[x], p.zpk))
+                env[node] = new.call_function(relu_u8, (env[x], p.zpk, _is_inplace(node, modules)))
             elif pk == "pad":
                 pad = node.args[1] if len(node.args) > 1 else node.kwargs["pad"]
                 env[node] = new.call_function(
@@ -871,6 +874,15 @@ def _mark_inplace_accum(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
         ok[name] = ok.get(name, True) and safe
     for name, v in ok.items():
         modules[name].accum_inplace_ok = v  # type: ignore[union-attr]
+
+
+def _is_inplace(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    m = _module_of(node, modules)
+    if m is not None:
+        return bool(getattr(m, "inplace", False))
+    if node.op == "call_method":
+        return str(node.target).endswith("_")
+    return bool(node.kwargs.get("inplace", False)) or node.target is torch.relu_
 
 
 def _producer_fq(

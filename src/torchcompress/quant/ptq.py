@@ -95,12 +95,13 @@ def build_quant_layer(
     hf = _hf_conv1d()
     layer: QuantLayer
     if isinstance(old, nn.Linear):
-        layer = QuantLinear(old.in_features, old.out_features, old.bias is not None)
+        # "meta": no throw-away allocation; the original parameters are taken over
+        layer = QuantLinear(old.in_features, old.out_features, old.bias is not None, device="meta")
         layer.weight = old.weight
         layer.bias = old.bias
     elif hf is not None and isinstance(old, hf):
         w = old.weight  # [in, out]
-        layer = QuantLinear(w.shape[0], w.shape[1], True, source="Conv1D")
+        layer = QuantLinear(w.shape[0], w.shape[1], True, source="Conv1D", device="meta")
         layer.weight = nn.Parameter(w.detach().t().contiguous(), requires_grad=w.requires_grad)
         layer.bias = old.bias
     elif isinstance(old, nn.Conv2d | nn.Conv1d):
@@ -115,6 +116,7 @@ def build_quant_layer(
             old.groups,
             old.bias is not None,
             old.padding_mode,
+            device="meta",
         )
         layer.weight = old.weight
         layer.bias = old.bias
