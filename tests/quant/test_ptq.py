@@ -333,3 +333,10 @@ def test_graph_mode_keeps_untraceable_blocks_opaque() -> None:
     c = tc.convert(copy.deepcopy(q))
     x = torch.randn(3, 8)
     assert torch.allclose(c(x), q(x), atol=1e-3)
+
+
+def test_one_shot_iterator_calibration() -> None:
+    m = TinyResNet().eval()
+    batches = (torch.randn(2, 3, 8, 8) for _ in range(2))  # a generator: iterated once
+    q = tc.quantize(m, tc.QuantConfig(), batches)
+    assert q.quant_graph.quantizers["input_stem"].calibrated

@@ -456,9 +456,14 @@ def _fold_batchnorms(model: nn.Module, calib_data: Any) -> None:
 
     example = None
     try:
-        example = next(iter(iter_batches(calib_data, max_batches=1, what="calib_data")))
-    except (DataError, StopIteration, TypeError):
-        example = None
+        reiterable = iter(calib_data) is not calib_data
+    except TypeError:
+        reiterable = isinstance(calib_data, torch.Tensor | dict)
+    if reiterable:  # never consume a batch of a one-shot iterator
+        try:
+            example = next(iter(iter_batches(calib_data, max_batches=1, what="calib_data")))
+        except (DataError, StopIteration, TypeError):
+            example = None
     fuse(model, example_inputs=example)
 
 
