@@ -88,6 +88,18 @@ class ModuleCodec:
     def after_load(self, module: nn.Module) -> None:
         """Optional hook run once the tensors are loaded (e.g. to repack integer kernels)."""
 
+    #: Set to true by codecs of modules a verb *adds* to a model (not replacing an existing one):
+    #: on load, :meth:`decode` then receives ``current=None`` when the fresh model lacks the module.
+    creates_missing: bool = False
+
+    def after_load_model(self, model: nn.Module, name: str) -> None:
+        """Optional hook run once the tensors are loaded, with the whole model (default: :meth:`after_load`).
+
+        For codecs whose module changes how the model runs as a whole (e.g. a quantized graph
+        bound as the model's forward).
+        """
+        self.after_load(get_module(model, name))
+
 
 _CODECS: list[ModuleCodec] = []
 
@@ -437,14 +449,20 @@ def load(
         for rec in desc.get("modules", []):
             codec = _codec_by_name(rec["codec"])
             try:
-                current = get_module(model, rec["name"])
+                current: nn.Module | None = get_module(model, rec["name"])
             except SelectionError as e:
-                raise SelectionError(
-                    f"The saved model has a module {rec['name']!r} that this model does not: {e} "
-                    "Pass a fresh model of the architecture that was saved."
-                ) from None
-            new = codec.decode(rec["spec"], current)
-            if new is not current:
+                parent = rec["name"].rpartition(".")[0]
+                if not codec.creates_missing or not _has_module(model, parent):
+                    raise SelectionError(
+                        f"The saved model has a module {rec['name']!r} that this model does not: {e} "
+                        "Pass a fresh model of the architecture that was saved."
+                    ) from None
+                current = None
+            new = codec.decode(rec["spec"], current)  # type: ignore[arg-type]
+            if current is None:
+                parent, _, child = rec["name"].rpartition(".")
+                get_module(model, parent).add_module(child, new)
+            elif new is not current:
                 set_module(model, rec["name"], new)
             decoded.append((codec, rec["name"]))
         missing, unexpected = _load_state(model, tensors)
@@ -454,9 +472,17 @@ def load(
                 f"unexpected {unexpected[:5]}. Was it saved from a different architecture?"
             )
         for codec, name in decoded:
-            codec.after_load(get_module(model, name))
+            codec.after_load_model(model, name)
     object.__setattr__(model, _HISTORY_ATTR, list(desc.get("history", [])))
     return model
+
+
+def _has_module(model: nn.Module, name: str) -> bool:
+    try:
+        get_module(model, name)
+    except SelectionError:
+        return False
+    return True
 
 
 def _load_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:

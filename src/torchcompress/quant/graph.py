@@ -1,0 +1,647 @@
+"""Graph-level static quantization: activations stay integer between layers.
+
+Calling a quantized convolution per layer, with a quantize before and a dequantize after each one,
+spends much of the int8 gain on conversions. Where a model traces with ``torch.fx``, :func:`quantize`
+instead plans quantization on the whole graph, the way the integer model will run it:
+
+- BatchNorm after a convolution (or Linear) is folded into it first (:func:`torchcompress.fuse`).
+- A *group* is a quantized convolution or Linear, optionally followed by a residual add into it
+  (convolutions: oneDNN adds the other operand, itself integer, inside the kernel) and by a ReLU /
+  ReLU6; the group's output is quantized once, after the activation, where the integer kernel
+  re-quantizes it (:class:`FakeQuantize` nodes are inserted in the graph there).
+- Ops that are exact on integers (ReLU, max-pooling, padding with zeros, reshapes, slicing,
+  nearest upsampling, dropout in eval, identities) pass integer tensors through.
+- Any other op dequantizes its inputs and runs in float; a quantized layer whose input is float
+  gets an input quantizer.
+
+So every quantizer of the fake-quant graph sits where the integer graph quantizes, and the
+fake-quant model computes what :func:`torchcompress.convert` runs. Parts of the model that do not
+trace (data-dependent control flow) are kept as opaque calls (their layers are quantized layer by
+layer); a model whose top level does not trace is quantized layer by layer.
+
+The traced graph replaces the model's ``forward`` on the instance (the class is unchanged); the
+inserted quantizers live in ``model.quant_graph`` (a :class:`QuantGraph`), which also knows how to
+rebuild the graph on a fresh model when :func:`torchcompress.load` loads a saved one.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import CompressionStateError
+from .modules import FakeQuantize, QuantConv1d, QuantConv2d, QuantLayer, QuantLinear
+
+__all__ = ["GraphPlan", "QuantGraph", "prepare_graph", "trace_model"]
+
+log = logging.getLogger(__name__)
+
+GRAPH_ATTR = "quant_graph"
+
+
+# --- tracing -----------------------------------------------------------------------------------
+
+
+def _is_container(m: nn.Module) -> bool:
+    return isinstance(m, nn.Sequential | nn.ModuleList | nn.ModuleDict)
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, leaf_names: set[str]) -> None:
+        super().__init__()
+        self.leaf_names = leaf_names
+        self.stack: list[str] = []
+        self.failed_at: str | None = None
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        from .converting import IntLayer
+
+        if qualname in self.leaf_names:
+            return True
+        if isinstance(m, QuantLayer | IntLayer | FakeQuantize):
+            return True
+        return type(m).__module__.startswith("torch.nn") and not _is_container(m)
+
+    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        qualname = self.path_of_module(m)
+        self.stack.append(qualname)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_at is None:
+                self.failed_at = qualname
+            raise
+        finally:
+            self.stack.pop()
+
+
+def trace_model(
+    model: nn.Module, leaf_names: list[str] | None = None
+) -> tuple[fx.Graph, list[str]] | None:
+    """Trace ``model`` with torch.fx, keeping modules that do not trace as opaque calls.
+
+    Returns:
+        ``(graph, leaf_names)`` (the modules kept opaque), or ``None`` when the top level itself
+        does not trace.
+    """
+    leaves = set(leaf_names or [])
+    for _ in range(len(list(model.modules())) + 1):
+        tracer = _Tracer(leaves)
+        try:
+            graph = tracer.trace(model)
+        except Exception as e:  # anything the tracer cannot follow
+            failed = tracer.failed_at
+            if not failed or failed in leaves:
+                log.info(
+                    "%s does not trace with torch.fx (%s); quantizing layer by layer.",
+                    type(model).__name__,
+                    e,
+                )
+                return None
+            log.info("keeping %r as an opaque call in the quantized graph (%s)", failed, e)
+            leaves.add(failed)
+            continue
+        return graph, sorted(leaves)
+    return None
+
+
+# --- op classification ---------------------------------------------------------------------
+
+_ADD_FUNCS = {operator.add, torch.add, operator.iadd}
+_RELU_FUNCS = {F.relu, torch.relu, torch.relu_}
+_RELU6_FUNCS = {F.relu6}
+_PASS_FUNCS = {
+    torch.flatten,
+    torch.reshape,
+    torch.squeeze,
+    torch.unsqueeze,
+    torch.permute,
+    torch.transpose,
+    operator.getitem,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.dropout,
+    torch.nn.functional.dropout2d,
+}
+_PASS_METHODS = {
+    "view",
+    "reshape",
+    "flatten",
+    "permute",
+    "transpose",
+    "contiguous",
+    "squeeze",
+    "unsqueeze",
+    "__getitem__",
+    "expand",
+    "narrow",
+}
+_PASS_MODULES = (
+    nn.Identity,
+    nn.Flatten,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+)
+_NON_TENSOR_METHODS = {"size", "dim", "numel"}
+
+
+def _module_of(node: fx.Node, modules: dict[str, nn.Module]) -> nn.Module | None:
+    if node.op == "call_module":
+        return modules.get(str(node.target))
+    return None
+
+
+def _layer_kind(m: nn.Module | None) -> str | None:
+    """``"conv2d"``, ``"conv1d"`` or ``"linear"`` for quantized layers (fake or integer)."""
+    from .converting import IntLayer
+
+    if isinstance(m, QuantConv2d):
+        return "conv2d"
+    if isinstance(m, QuantConv1d):
+        return "conv1d"
+    if isinstance(m, QuantLinear):
+        return "linear"
+    if isinstance(m, IntLayer):
+        return m.kind
+    return None
+
+
+def _is_qop(node: fx.Node, modules: dict[str, nn.Module], targets: set[str]) -> bool:
+    return node.op == "call_module" and str(node.target) in targets
+
+
+def _is_add(node: fx.Node) -> bool:
+    if node.op == "call_function" and node.target in _ADD_FUNCS:
+        return len(node.args) == 2 and not node.kwargs
+    if node.op == "call_method" and node.target in ("add", "__add__") and not node.kwargs:
+        return len(node.args) == 2
+    return False
+
+
+def _act_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    """``"relu"`` or ``"relu6"`` if ``node`` applies one (in place or not) to its first argument."""
+    m = _module_of(node, modules)
+    if m is not None:
+        if type(m) is nn.ReLU:
+            return "relu"
+        if type(m) is nn.ReLU6:
+            return "relu6"
+        if type(m) is nn.Hardtanh and m.min_val == 0.0 and m.max_val > 0:
+            return "relu6"
+        return None
+    if node.op == "call_function" and node.target in _RELU_FUNCS and len(node.args) >= 1:
+        return "relu"
+    if node.op == "call_function" and node.target in _RELU6_FUNCS:
+        return "relu6"
+    if node.op == "call_method" and node.target in ("relu", "relu_"):
+        return "relu"
+    return None
+
+
+def _pass_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    """How an op treats an integer input: ``"same"`` (exact as is), ``"relu"``, ``"pad"``, or ``None``."""
+    m = _module_of(node, modules)
+    if m is not None:
+        if isinstance(m, _PASS_MODULES):
+            return "same"
+        if type(m) is nn.ReLU:
+            return "relu"
+        if type(m) is nn.Upsample and m.mode == "nearest":
+            return "same"
+        return None
+    if node.op == "call_function":
+        if node.target in _RELU_FUNCS:
+            return "relu"
+        if node.target in _PASS_FUNCS:
+            return "same"
+        if node.target is F.pad:
+            mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+            value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
+            if mode == "constant" and (value is None or value == 0):
+                return "pad"
+        if node.target is F.interpolate:
+            mode = node.kwargs.get("mode", "nearest")
+            if mode == "nearest":
+                return "same"
+        return None
+    if node.op == "call_method":
+        if node.target in _PASS_METHODS:
+            return "same"
+        if node.target in ("relu", "relu_"):
+            return "relu"
+    return None
+
+
+def _non_tensor(node: fx.Node) -> bool:
+    if node.op == "call_method" and node.target in _NON_TENSOR_METHODS:
+        return True
+    return (
+        node.op == "call_function"
+        and node.target is getattr
+        and node.args[1:] in (("shape",), ("dtype",), ("device",))
+    )
+
+
+@dataclass
+class Group:
+    """A quantized layer with the ops fused into its integer kernel."""
+
+    layer: fx.Node
+    add: fx.Node | None = None
+    other: fx.Node | None = None
+    act: fx.Node | None = None
+    act_kind: str | None = None
+    #: ``"layer"`` (a quantized layer) or ``"add"`` (a residual add of two integer tensors,
+    #: re-quantized on its own: ``fuse_residual=False``)
+    kind: str = "layer"
+    owner: str = ""  # the layer named in messages for an add group
+
+    @property
+    def tail(self) -> fx.Node:
+        return self.act or self.add or self.layer
+
+
+def find_groups(
+    graph: fx.Graph, modules: dict[str, nn.Module], targets: set[str], fuse_residual: bool = True
+) -> dict[fx.Node, Group]:
+    """Each quantized layer node's group (layer [+ residual add] [+ ReLU/ReLU6]).
+
+    With ``fuse_residual=False`` residual adds are not fused into the convolution before them:
+    each becomes a group of its own (both operands and the sum integer, as onnxruntime's
+    ``QLinearAdd``).
+    """
+    groups: dict[fx.Node, Group] = {}
+    for node in graph.nodes:
+        if not _is_qop(node, modules, targets):
+            continue
+        g = Group(node)
+        kind = _layer_kind(modules.get(str(node.target)))
+        users = list(node.users)
+        if fuse_residual and kind == "conv2d" and len(users) == 1 and _is_add(users[0]):
+            add = users[0]
+            a, b = add.args
+            other = b if a is node else a
+            if isinstance(other, fx.Node) and other is not node and not _non_tensor(other):
+                g.add, g.other = add, other
+        tail = g.tail
+        users = list(tail.users)
+        if len(users) == 1:
+            k = _act_kind(users[0], modules)
+            if k is not None and users[0].args and users[0].args[0] is tail:
+                g.act, g.act_kind = users[0], k
+        groups[node] = g
+    if not fuse_residual:
+        tails = {g.tail: g for g in groups.values()}
+        for node in graph.nodes:
+            if not _is_add(node):
+                continue
+            a, b = node.args
+            if (
+                not (isinstance(a, fx.Node) and isinstance(b, fx.Node))
+                or _non_tensor(a)
+                or _non_tensor(b)
+            ):
+                continue
+            src = tails.get(a) or tails.get(b)
+            if src is None or a is b:
+                continue
+            g = Group(node, kind="add", owner=str(src.layer.target))
+            users = list(node.users)
+            if len(users) == 1:
+                k = _act_kind(users[0], modules)
+                if k is not None and users[0].args and users[0].args[0] is node:
+                    g.act, g.act_kind = users[0], k
+            groups[node] = g
+    return groups
+
+
+# --- planning ------------------------------------------------------------------------------
+
+
+@dataclass
+class Point:
+    """A quantization point of the graph: where, and for which layer (for error messages)."""
+
+    name: str
+    layer: str
+    where: str  # "input", "accum", "output"
+    node: fx.Node  # input/accum: the consumer; output: the producer (group tail)
+
+
+@dataclass
+class GraphPlan:
+    """What :func:`prepare_graph` decided: the traced graph, opaque modules, groups and points."""
+
+    graph: fx.Graph
+    leaf_names: list[str]
+    targets: list[str]
+    visible: set[str] = field(default_factory=set)
+    fuse_residual: bool = True
+
+    def install(self, model: nn.Module, config: Any, reduce: str) -> dict[str, list[FakeQuantize]]:
+        """Insert the quantizers (observing) and bind the graph as ``model.forward``.
+
+        Returns:
+            The quantizers to calibrate, by the layer each belongs to.
+        """
+        from .ptq import _ranges, make_activation_quant
+
+        _, arange = _ranges(config, reduce)
+        if hasattr(model, GRAPH_ATTR):
+            raise CompressionStateError(
+                f"{type(model).__name__} already has an attribute {GRAPH_ATTR!r}; it cannot be "
+                "quantized in graph mode (pass graph='layer')."
+            )
+        container = QuantGraph(self.leaf_names, fuse_residual=self.fuse_residual)
+        model.add_module(GRAPH_ATTR, container)
+        points = plan_points(
+            self.graph, dict(model.named_modules()), set(self.visible), self.fuse_residual
+        )
+        out: dict[str, list[FakeQuantize]] = {}
+        for p in points:
+            layer = model.get_submodule(p.layer)
+            fq = make_activation_quant(
+                config, p.layer, conv=not isinstance(layer, QuantLinear), arange=arange
+            )
+            fq.to(layer.weight.device)
+            container.quantizers[p.name] = fq
+            out.setdefault(p.layer, []).append(fq)
+        insert_points(self.graph, points)
+        container.bind(model, self.graph)
+        return out
+
+
+def _needs_int(
+    node: fx.Node,
+    modules: dict[str, nn.Module],
+    targets: set[str],
+    group_of_add: dict[fx.Node, Group],
+    memo: dict[fx.Node, bool],
+) -> bool:
+    """Whether some use of ``node``'s value (through integer-exact ops) wants it integer."""
+    if node in memo:
+        return memo[node]
+    memo[node] = False
+    res = False
+    for u in node.users:
+        g = group_of_add.get(u)
+        if (_is_qop(u, modules, targets) and u.args and u.args[0] is node) or (
+            g is not None and (g.other is node or (g.kind == "add" and node in u.args[:2]))
+        ):
+            res = True
+        elif _pass_kind(u, modules) is not None and u.args and u.args[0] is node:
+            res = _needs_int(u, modules, targets, group_of_add, memo)
+        if res:
+            break
+    memo[node] = res
+    return res
+
+
+def _int_state(
+    graph: fx.Graph,
+    modules: dict[str, nn.Module],
+    targets: set[str],
+    groups: dict[fx.Node, Group],
+    outputs_int: set[fx.Node],
+) -> dict[fx.Node, bool]:
+    """Which values are integer in the integer graph (before any input quantizer is added)."""
+    state: dict[fx.Node, bool] = {}
+    group_nodes = {}
+    for g in groups.values():
+        for n in (g.layer, g.add, g.act):
+            if n is not None:
+                group_nodes[n] = g
+    for node in graph.nodes:
+        m = _module_of(node, modules)
+        if isinstance(m, FakeQuantize):
+            state[node] = True
+        elif node in group_nodes and node is group_nodes[node].tail:
+            state[node] = node in outputs_int
+        elif node in group_nodes:
+            state[node] = False
+        elif (
+            _pass_kind(node, modules) is not None
+            and node.args
+            and isinstance(node.args[0], fx.Node)
+        ):
+            state[node] = state.get(node.args[0], False)
+        else:
+            state[node] = False
+    return state
+
+
+def plan_points(
+    graph: fx.Graph, modules: dict[str, nn.Module], targets: set[str], fuse_residual: bool = True
+) -> list[Point]:
+    """The quantization points of ``graph`` (deterministic: named after the graph's nodes)."""
+    groups = find_groups(graph, modules, targets, fuse_residual)
+    group_of_add = {g.add: g for g in groups.values() if g.add is not None}
+    group_of_add.update({g.layer: g for g in groups.values() if g.kind == "add"})
+    memo: dict[fx.Node, bool] = {}
+    outputs_int = {
+        g.tail
+        for g in groups.values()
+        if g.kind == "add" or _needs_int(g.tail, modules, targets, group_of_add, memo)
+    }
+    state = _int_state(graph, modules, targets, groups, outputs_int)
+    points: list[Point] = []
+    for g in groups.values():
+        if g.kind == "add":
+            for i, arg in enumerate(g.layer.args[:2]):
+                if isinstance(arg, fx.Node) and not state.get(arg, False):
+                    points.append(Point(f"input{i}_{g.layer.name}", g.owner, "addin", g.layer))
+            points.append(Point(f"output_{g.layer.name}", g.owner, "output", g.tail))
+            continue
+        x = g.layer.args[0] if g.layer.args else None
+        if isinstance(x, fx.Node) and not state.get(x, False):
+            points.append(Point(f"input_{g.layer.name}", str(g.layer.target), "input", g.layer))
+        if g.other is not None and not state.get(g.other, False):
+            points.append(Point(f"accum_{g.layer.name}", str(g.layer.target), "accum", g.add))  # type: ignore[arg-type]
+        if g.tail in outputs_int:
+            points.append(Point(f"output_{g.layer.name}", str(g.layer.target), "output", g.tail))
+    return points
+
+
+def insert_points(graph: fx.Graph, points: list[Point]) -> None:
+    """Insert a call of ``quant_graph.quantizers.<name>`` at each point."""
+    for p in points:
+        target = f"{GRAPH_ATTR}.quantizers.{p.name}"
+        if p.where == "output":
+            with graph.inserting_after(p.node):
+                q = graph.call_module(target, (p.node,))
+            p.node.replace_all_uses_with(q, delete_user_cb=lambda u, q=q: u is not q)
+        elif p.where == "addin":
+            i = int(p.name[len("input") : p.name.index("_")])
+            with graph.inserting_before(p.node):
+                q = graph.call_module(target, (p.node.args[i],))
+            args = list(p.node.args)
+            args[i] = q
+            p.node.args = tuple(args)
+        elif p.where == "input":
+            x = p.node.args[0]
+            with graph.inserting_before(p.node):
+                q = graph.call_module(target, (x,))
+            p.node.args = (q, *p.node.args[1:])
+        else:  # accum: the add's other operand
+            add = p.node
+            layer_name = p.name[len("accum_") :]
+            a = add.args[0]
+            other_idx = 1 if (isinstance(a, fx.Node) and a.name == layer_name) else 0
+            other = add.args[other_idx]
+            with graph.inserting_before(add):
+                q = graph.call_module(target, (other,))
+            args = list(add.args)
+            args[other_idx] = q
+            add.args = tuple(args)
+    graph.lint()
+
+
+def prepare_graph(
+    model: nn.Module, targets: list[str], *, fuse_residual: bool = True
+) -> GraphPlan | None:
+    """Trace ``model`` before its layers are replaced (see the module docs).
+
+    Returns:
+        The plan, or ``None`` when the model does not trace (quantize layer by layer).
+    """
+    traced = trace_model(model)
+    if traced is None:
+        return None
+    graph, leaves = traced
+    call_targets = {str(n.target) for n in graph.nodes if n.op == "call_module"}
+    visible = [t for t in targets if t in call_targets]
+    if not visible:
+        return None
+    _strip_identities(graph, dict(model.named_modules()))
+    return GraphPlan(
+        graph=graph,
+        leaf_names=leaves,
+        targets=targets,
+        visible=set(visible),
+        fuse_residual=fuse_residual,
+    )
+
+
+# --- the container and forward binding ------------------------------------------------------
+
+
+class QuantGraph(nn.Module):
+    """Holds the graph-level quantizers of a model quantized in graph mode, and its graph.
+
+    Attributes:
+        quantizers: the activation quantizers inserted in the graph, named after the layer they
+            feed (``input_<node>``, ``accum_<node>``) or follow (``output_<node>``).
+        leaf_names: modules kept as opaque calls when tracing.
+        converted: the bound graph is the integer graph (after :func:`torchcompress.convert`).
+        fuse_residual: residual adds are fused into the convolution before them (else they
+            are integer ops of their own).
+    """
+
+    def __init__(self, leaf_names: list[str] | None = None, *, fuse_residual: bool = True) -> None:
+        super().__init__()
+        self.quantizers = nn.ModuleDict()
+        self.leaf_names = list(leaf_names or [])
+        self.fuse_residual = fuse_residual
+        self.converted = False
+        self.fake_graph: fx.Graph | None = None
+        self.graph: fx.Graph | None = None
+
+    def bind(self, model: nn.Module, graph: fx.Graph) -> None:
+        """Make ``graph`` the model's forward (on the instance; the class is untouched)."""
+        if self.fake_graph is None or not self.converted:
+            self.fake_graph = graph
+        self.graph = graph
+        code = graph.python_code(root_module="self")
+        glb: dict[str, Any] = dict(code.globals)
+        exec(compile(code.src, f"<torchcompress graph of {type(model).__name__}>", "exec"), glb)
+        fn = glb["forward"]
+        object.__setattr__(model, "forward", types.MethodType(fn, model))
+
+    def code(self) -> str:
+        """The Python source of the bound graph (for reading)."""
+        return "" if self.graph is None else self.graph.python_code(root_module="self").src
+
+    def extra_repr(self) -> str:
+        kind = "integer" if self.converted else "fake-quant"
+        return (
+            f"{kind} graph, {len(self.quantizers)} activation quantizers, opaque: {self.leaf_names}"
+        )
+
+
+def rebuild(model: nn.Module, container: QuantGraph) -> None:
+    """Re-trace a freshly loaded model and bind its graph (the fake-quant or the integer one).
+
+    Raises:
+        CompressionStateError: the model no longer traces to the same graph.
+    """
+    traced = trace_model(model, container.leaf_names)
+    if traced is None:
+        raise CompressionStateError(
+            f"{type(model).__name__} no longer traces with torch.fx; the saved graph-mode "
+            "quantization cannot be rebuilt on it."
+        )
+    graph, _ = traced
+    modules = dict(model.named_modules())
+    from .converting import IntLayer
+
+    targets = {n for n, m in modules.items() if isinstance(m, QuantLayer | IntLayer)}
+    graph = _strip_points(graph, modules)
+    _strip_identities(graph, modules)
+    points = plan_points(graph, modules, targets, container.fuse_residual)
+    names = sorted(p.name for p in points)
+    if names != sorted(container.quantizers.keys()):
+        raise CompressionStateError(
+            f"The traced graph of {type(model).__name__} does not match the saved quantized graph "
+            f"(quantizers {names[:4]}... vs {sorted(container.quantizers.keys())[:4]}...). Was the "
+            "model's code changed?"
+        )
+    insert_points(graph, points)
+    container.bind(model, graph)
+    if container.converted:
+        from .converting import build_integer_graph
+
+        container.converted = False
+        int_graph = build_integer_graph(model, graph, configure=False)
+        container.converted = True
+        container.bind(model, int_graph)
+
+
+def _strip_identities(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
+    """Drop calls of ``nn.Identity`` (e.g. folded BatchNorms), so layers and activations are adjacent."""
+    for node in list(graph.nodes):
+        if type(_module_of(node, modules)) is nn.Identity and node.args:
+            node.replace_all_uses_with(node.args[0])  # type: ignore[arg-type]
+            graph.erase_node(node)
+
+
+def _strip_points(graph: fx.Graph, modules: dict[str, nn.Module]) -> fx.Graph:
+    """Remove calls of graph quantizers (tracing a model whose forward is bound already)."""
+    for node in list(graph.nodes):
+        if node.op == "call_module" and str(node.target).startswith(f"{GRAPH_ATTR}."):
+            node.replace_all_uses_with(node.args[0])  # type: ignore[arg-type]
+            graph.erase_node(node)
+    return graph
+
+
+def unbind(model: nn.Module) -> None:
+    """Restore the class's forward (drop the bound graph)."""
+    if "forward" in model.__dict__:
+        del model.__dict__["forward"]
+
+
+def container_of(model: nn.Module) -> QuantGraph | None:
+    """The model's :class:`QuantGraph`, if it was quantized in graph mode."""
+    c = getattr(model, GRAPH_ATTR, None)
+    return c if isinstance(c, QuantGraph) else None

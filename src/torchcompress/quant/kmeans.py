@@ -1,0 +1,380 @@
+"""Non-uniform (codebook) weight quantization: :func:`kmeans_quantize`.
+
+Each layer's weights are clustered into ``2^bits`` centroids by k-means (Lloyd's algorithm with
+k-means++ or linear initialisation, as in Han et al. 2016, "Deep Compression"); the layer stores the
+cluster index of every weight, packed (two 4-bit or four 2-bit indices per byte), plus its codebook.
+With ``weighted="activation"`` the clustering minimises the error weighted by each weight's
+importance to the layer output, ``E[x_j^2]`` of its input feature (the diagonal of the layer's
+Hessian ``X^T X``), as in SqueezeLLM's sensitivity-weighted k-means (Kim et al. 2023).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import io
+from ..batches import iter_batches, run_model
+from ..errors import ConfigError, DataError, NumericalError, SelectionError
+from ..progress import progress_bar
+from ..select import module_device_dtype, replace_modules, select_modules, snapshot_modules
+from . import functional as QF
+
+__all__ = ["KMeansLayer", "kmeans_1d", "kmeans_quantize"]
+
+
+def kmeans_1d(
+    x: Tensor,
+    k: int,
+    *,
+    weights: Tensor | None = None,
+    init: str = "kmeans++",
+    iters: int = 100,
+    tol: float = 1e-7,
+    seed: int = 0,
+    init_sample: int = 1 << 17,
+) -> tuple[Tensor, Tensor]:
+    """Weighted k-means of scalars, vectorised (assignments by binary search on sorted centroids).
+
+    Args:
+        x: the values (any shape; flattened).
+        k: number of centroids.
+        weights: non-negative importance of each value (default: all equal).
+        init: ``"kmeans++"`` (D² sampling, Arthur & Vassilvitskii 2007, on at most ``init_sample``
+            values) or ``"linear"`` (evenly spaced between min and max).
+        iters: maximum Lloyd iterations.
+        tol: stop when no centroid moves by more than ``tol * (max - min)``.
+        seed: random seed of the initialisation.
+        init_sample: values sampled for the k-means++ initialisation.
+
+    Returns:
+        ``(centroids, labels)``: the sorted centroids ``[k]`` and each value's centroid index.
+
+    Example:
+        >>> import torch
+        >>> c, lab = kmeans_1d(torch.tensor([0.0, 0.1, 5.0, 5.2]), 2)
+        >>> [round(v, 2) for v in c.tolist()], lab.tolist()
+        ([0.05, 5.1], [0, 0, 1, 1])
+    """
+    v = x.detach().reshape(-1).float()
+    w = torch.ones_like(v) if weights is None else weights.detach().reshape(-1).float().clamp(min=0)
+    if v.numel() == 0:
+        raise ConfigError("kmeans_1d needs at least one value.")
+    uniq = torch.unique(v)
+    if uniq.numel() <= k:
+        cent = torch.cat([uniq, uniq[-1:].expand(k - uniq.numel())])
+        return cent, torch.searchsorted(uniq, v).clamp_(max=uniq.numel() - 1)
+    lo, hi = float(v.min()), float(v.max())
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    if init == "linear":
+        cent = torch.linspace(lo, hi, k, device=v.device)
+    elif init == "kmeans++":
+        if v.numel() > init_sample:
+            idx = torch.randint(0, v.numel(), (init_sample,), generator=gen).to(v.device)
+            sv, sw = v[idx], w[idx]
+        else:
+            sv, sw = v, w
+        sw = sw + 1e-12
+        first = torch.multinomial(sw.cpu(), 1, generator=gen).to(v.device)
+        chosen = [sv[first]]
+        d2 = (sv - chosen[0]) ** 2
+        for _ in range(k - 1):
+            p = (sw * d2).cpu()
+            if float(p.sum()) <= 0:
+                break
+            i = torch.multinomial(p, 1, generator=gen).to(v.device)
+            chosen.append(sv[i])
+            d2 = torch.minimum(d2, (sv - sv[i]) ** 2)
+        cent = torch.cat(chosen)
+        if cent.numel() < k:
+            cent = torch.cat([cent, torch.linspace(lo, hi, k - cent.numel(), device=v.device)])
+        cent = cent.sort().values
+    else:
+        raise ConfigError(f"init={init!r} must be 'kmeans++' or 'linear'.")
+    span = max(hi - lo, 1e-30)
+    for _ in range(iters):
+        bounds = (cent[1:] + cent[:-1]) / 2
+        lab = torch.searchsorted(bounds, v)
+        sums = torch.bincount(lab, weights=w * v, minlength=k)
+        cnts = torch.bincount(lab, weights=w, minlength=k)
+        new = torch.where(cnts > 0, sums / cnts.clamp(min=1e-30), cent).float()
+        new = new.sort().values
+        moved = float((new - cent).abs().max())
+        cent = new
+        if moved <= tol * span:
+            break
+    bounds = (cent[1:] + cent[:-1]) / 2
+    return cent, torch.searchsorted(bounds, v)
+
+
+class KMeansLayer(nn.Module):
+    """A Linear / Conv1d / Conv2d whose weights are indices into a per-layer codebook.
+
+    State: ``indices`` (packed, ``bits`` per index), ``codebook`` (``2^bits`` float32 centroids) and
+    ``bias``. The weights are looked up from the codebook on the fly at every forward (no integer
+    kernel multiplies codebook indices; the saving is in storage).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        weight_shape: tuple[int, ...],
+        bits: int,
+        *,
+        bias: bool = True,
+        stride: tuple[int, ...] = (),
+        padding: tuple[int, ...] | str = (),
+        dilation: tuple[int, ...] = (),
+        groups: int = 1,
+        padding_mode: str = "zeros",
+        source: str = "",
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.kind = kind
+        self.weight_shape = tuple(int(s) for s in weight_shape)
+        self.bits = int(bits)
+        self.stride, self.padding, self.dilation = (
+            tuple(stride),
+            padding if isinstance(padding, str) else tuple(padding),
+            tuple(dilation),
+        )
+        self.groups, self.padding_mode, self.source = groups, padding_mode, source or kind
+        numel = 1
+        for s in self.weight_shape:
+            numel *= s
+        self.numel = numel
+        per = 8 // QF.storage_bits(self.bits)
+        self.register_buffer(
+            "indices", torch.zeros((numel + per - 1) // per, dtype=torch.uint8, device=device)
+        )
+        self.register_buffer("codebook", torch.zeros(2**self.bits, device=device))
+        self.register_buffer(
+            "bias", torch.zeros(self.weight_shape[0], dtype=dtype, device=device) if bias else None
+        )
+
+    @property
+    def weight(self) -> Tensor:
+        """The weights looked up from the codebook."""
+        idx = QF.unpack_int(self.indices, self.bits, 0, self.numel).long()
+        return self.codebook[idx].reshape(self.weight_shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight.to(x.dtype)
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        if self.kind == "linear":
+            return F.linear(x, w, b)
+        conv = F.conv2d if self.kind == "conv2d" else F.conv1d
+        if self.padding_mode != "zeros":
+            pad: list[int] = []
+            for p in reversed(self.padding):  # type: ignore[arg-type]
+                pad += [p, p]
+            return conv(
+                F.pad(x, pad, mode=self.padding_mode),
+                w,
+                b,
+                self.stride,
+                0,
+                self.dilation,
+                self.groups,
+            )
+        return conv(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.source} {tuple(self.weight_shape)}, {self.bits}-bit codebook "
+            f"({2**self.bits} centroids): dequantized on the fly (codebook lookup)"
+        )
+
+
+def _importance(
+    model: nn.Module, names: list[str], data: Any, max_batches: int | None, progress: bool | None
+) -> dict[str, Tensor]:
+    """``E[x_j^2]`` of each input feature (channel for convolutions) of each named layer."""
+    sums: dict[str, Tensor] = {}
+    counts: dict[str, int] = {}
+    handles = []
+    for name in names:
+        layer = model.get_submodule(name)
+
+        def hook(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
+            x = args[0].detach().float()
+            if not bool(torch.isfinite(x).all()):
+                raise NumericalError(f"NaN or Inf in the input activations of {name!r}.")
+            if isinstance(mod, nn.Conv1d | nn.Conv2d):
+                xc = x.transpose(0, 1).reshape(x.shape[1], -1)
+            else:
+                xc = x.reshape(-1, x.shape[-1]).t()
+            s = (xc**2).sum(1)
+            sums[name] = sums[name] + s if name in sums else s
+            counts[name] = counts.get(name, 0) + xc.shape[1]
+
+        handles.append(layer.register_forward_pre_hook(hook))
+    device, _ = module_device_dtype(model)
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i, b in enumerate(
+                progress_bar(
+                    iter_batches(data, max_batches=max_batches, device=device, what="calib_data"),
+                    desc="k-means importance",
+                    enabled=progress,
+                )
+            ):
+                run_model(model, b, index=i, what="calib_data")
+    finally:
+        for h in handles:
+            h.remove()
+        for m, t in modes.items():
+            m.training = t
+    missing = [n for n in names if n not in sums]
+    if missing:
+        from ..errors import CalibrationError
+
+        raise CalibrationError(f"calib_data produced no activations for {missing[:8]}.")
+    return {n: sums[n] / counts[n] for n in names}
+
+
+def kmeans_quantize(
+    model: nn.Module,
+    bits: int = 4,
+    *,
+    weighted: bool | str = False,
+    calib_data: Any = None,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    init: str = "kmeans++",
+    iters: int = 100,
+    seed: int = 0,
+    max_batches: int | None = None,
+    progress: bool | None = None,
+) -> nn.Module:
+    """Replace each layer's weights by a per-layer codebook of ``2^bits`` centroids (k-means).
+
+    Args:
+        model: the model; modified in place.
+        bits: 1 to 8 bits per index (``2^bits`` centroids).
+        weighted: ``False`` (plain k-means), ``"activation"`` or ``True`` (weight each value by
+            ``E[x^2]`` of its input feature, from ``calib_data``), or ``"magnitude"`` (by ``|w|``).
+        calib_data: batches for ``weighted="activation"``.
+        include: glob patterns of layers to quantize (default: every Linear/Conv1d/Conv2d/HF Conv1D).
+        exclude: glob patterns of layers to keep.
+        init: ``"kmeans++"`` or ``"linear"``.
+        iters: Lloyd iterations at most.
+        seed: initialisation seed.
+        max_batches: calibration batches used at most.
+        progress: show a progress bar.
+
+    Returns:
+        ``model``, with :class:`KMeansLayer` s.
+
+    Raises:
+        ConfigError: ``bits`` out of range, unknown ``weighted``, or weighting without data.
+        NumericalError: NaN or Inf in a weight.
+
+    Example:
+        >>> import torch, torchcompress as tc
+        >>> m = tc.kmeans_quantize(torch.nn.Sequential(torch.nn.Linear(32, 8)), bits=2)
+        >>> int(m[0].weight.unique().numel()) <= 4
+        True
+    """
+    from .ptq import _skip_types, quantizable_types
+
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+        raise ConfigError(f"kmeans_quantize: bits={bits!r} must be an int from 1 to 8.")
+    if weighted is True:
+        weighted = "activation"
+    if weighted not in (False, "activation", "magnitude"):
+        raise ConfigError(f"weighted={weighted!r} must be False, True/'activation' or 'magnitude'.")
+    if weighted == "activation" and calib_data is None:
+        raise DataError(
+            "weighted='activation' weighs each weight by its input's E[x^2]: pass calib_data."
+        )
+    targets = select_modules(
+        model,
+        include,
+        exclude,
+        types=quantizable_types(),
+        skip_types=_skip_types(),
+        family="k-means quantization",
+    )
+    if not targets:
+        raise SelectionError(f"{type(model).__name__} has no layer for k-means quantization.")
+    names = [n for n, _ in targets]
+    imp = (
+        _importance(model, names, calib_data, max_batches, progress)
+        if weighted == "activation"
+        else {}
+    )
+    hf = None
+    from .ptq import _hf_conv1d
+
+    hf = _hf_conv1d()
+
+    def build(old: nn.Module, name: str) -> KMeansLayer:
+        w = old.weight.detach()
+        if hf is not None and isinstance(old, hf):
+            w = w.t()
+        if not bool(torch.isfinite(w).all()):
+            raise NumericalError(f"The weight of {name!r} holds NaN or Inf.")
+        if isinstance(old, nn.Conv1d | nn.Conv2d):
+            kind = "conv2d" if isinstance(old, nn.Conv2d) else "conv1d"
+            kw: dict[str, Any] = {
+                "stride": old.stride,
+                "padding": old.padding,
+                "dilation": old.dilation,
+                "groups": old.groups,
+                "padding_mode": old.padding_mode,
+            }
+        else:
+            kind, kw = "linear", {}
+        weights = None
+        if weighted == "activation":
+            e = imp[name]
+            if kind == "linear":
+                weights = e.reshape(1, -1).expand_as(w)
+            else:
+                cin = w.shape[1]
+                per = e.reshape(old.groups, cin)  # type: ignore[union-attr]
+                weights = per.repeat_interleave(w.shape[0] // old.groups, dim=0)  # type: ignore[union-attr]
+                weights = weights.reshape(w.shape[0], cin, *([1] * (w.dim() - 2))).expand_as(w)
+        elif weighted == "magnitude":
+            weights = w.abs()
+        cent, lab = kmeans_1d(w, 2**bits, weights=weights, init=init, iters=iters, seed=seed)
+        layer = KMeansLayer(
+            kind,
+            tuple(w.shape),
+            bits,
+            bias=old.bias is not None,
+            source=type(old).__name__,
+            dtype=w.dtype,
+            device=w.device,
+            **kw,
+        )
+        with torch.no_grad():
+            layer.indices.copy_(QF.pack_int(lab, bits, 0))
+            layer.codebook.copy_(cent)
+            if old.bias is not None:
+                layer.bias.copy_(old.bias.detach())
+        return layer
+
+    built = {
+        n: build(model.get_submodule(n), n)
+        for n in progress_bar(names, desc="k-means", total=len(names), enabled=progress)
+    }
+    with snapshot_modules(model):
+        replace_modules(model, {n: (lambda old, n=n: built[n]) for n in names})
+    io.add_history(
+        model,
+        "kmeans_quantize",
+        {"bits": bits, "weighted": weighted, "init": init, "iters": iters, "seed": seed},
+        include=include,
+        exclude=exclude,
+    )
+    return model

@@ -1,0 +1,395 @@
+"""Fake-quant modules: a quantizer (:class:`FakeQuantize`) and the layers that use it.
+
+:class:`FakeQuantize` simulates an integer format on a tensor: it observes (calibration), holds
+the resulting ``scale`` and ``zero_point`` as buffers, and fake-quantizes (quantize then dequantize,
+straight-through gradients). :class:`QuantLinear`, :class:`QuantConv1d` and :class:`QuantConv2d`
+keep float master weights and fake-quantize their weight, their input and, where the integer model
+re-quantizes it, their output. They compute exactly what :func:`torchcompress.convert` runs with
+integer kernels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import NumericalError
+from . import functional as QF
+from .observers import Observer, make_observer
+from .spec import IntSpec
+
+__all__ = ["FakeQuantize", "QuantConv1d", "QuantConv2d", "QuantLayer", "QuantLinear"]
+
+
+class FakeQuantize(nn.Module):
+    """Simulated integer quantization of a weight or an activation.
+
+    States (plain attributes): ``observing`` (feed inputs to the observer), ``enabled`` (apply the
+    fake quantization), ``dynamic`` (activations: compute the range of every input at run time,
+    per tensor or per token, as the dynamic integer kernels do).
+
+    Contract for quantization-aware training and conversion: a quantizer exposes ``spec``
+    (its :class:`IntSpec`), ``quant_min`` / ``quant_max`` (the integer range actually used, which
+    may be narrower than the spec's, see ``QuantConfig.reduce_range``), ``scale`` and ``zero_point``
+    (tensors of shape ``[1]``, ``[rows]`` or ``[rows, groups]``; ``scale`` may be made an
+    ``nn.Parameter`` with :meth:`learnable_scale`), ``dynamic`` and ``calibrated``. Anything
+    exposing these converts with :func:`torchcompress.convert`.
+
+    Args:
+        spec: the integer format.
+        role: ``"weight"`` or ``"activation"`` (activations widen their range to include zero).
+        observer: registered observer name, or an :class:`~torchcompress.quant.observers.Observer`.
+        dynamic: activations only; ranges from each input (min/max), nothing calibrated.
+        quant_min: integer range actually used (default: the spec's full range).
+        quant_max: see ``quant_min``.
+        shape: ``(rows, cols)`` of the canonical 2-D weight (weights only).
+        observer_options: options for the observer (``percentile``, ``bins``, ...).
+        name: the owning layer's qualified name, used in error messages.
+
+    Example:
+        >>> import torch
+        >>> from torchcompress.quant import IntSpec
+        >>> from torchcompress.quant.modules import FakeQuantize
+        >>> fq = FakeQuantize(IntSpec(8, symmetric=False, signed=False), role="activation")
+        >>> fq.observing, fq.enabled = True, False
+        >>> _ = fq(torch.linspace(0, 2.55, 100))
+        >>> fq.calibrate()
+        >>> round(float(fq.scale), 4), int(fq.zero_point)
+        (0.01, 0)
+    """
+
+    def __init__(
+        self,
+        spec: IntSpec,
+        *,
+        role: str = "activation",
+        observer: str | Observer = "minmax",
+        dynamic: bool = False,
+        quant_min: int | None = None,
+        quant_max: int | None = None,
+        shape: tuple[int, int] | None = None,
+        observer_options: dict[str, Any] | None = None,
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        if role not in ("weight", "activation"):
+            raise ValueError(f"role must be 'weight' or 'activation', got {role!r}")
+        self.spec = spec
+        self.role = role
+        self.dynamic = bool(dynamic)
+        self.quant_min = spec.qmin if quant_min is None else int(quant_min)
+        self.quant_max = spec.qmax if quant_max is None else int(quant_max)
+        self.granularity = spec.granularity
+        self.group_size = spec.group_size
+        self.name = name
+        self.include_zero = role == "activation"
+        if role == "weight":
+            if shape is None:
+                raise ValueError("a weight quantizer needs shape=(rows, cols)")
+            self.shape = (int(shape[0]), int(shape[1]))
+            qshape = QF.qparam_shape(*self.shape, spec.granularity, spec.group_size)
+        else:
+            self.shape = None
+            qshape = (1,)
+        self.register_buffer("scale", torch.ones(qshape))
+        self.scale._tc_keep_dtype = True  # replace_modules keeps it float32
+        self.register_buffer("zero_point", torch.zeros(qshape, dtype=torch.int32))
+        self.observer_name = observer if isinstance(observer, str) else type(observer).__name__
+        if isinstance(observer, Observer):
+            self.observer: Observer | None = observer
+        elif self.dynamic:
+            self.observer = None
+        else:
+            self.observer = make_observer(
+                observer,
+                qmin=self.quant_min,
+                qmax=self.quant_max,
+                symmetric=spec.symmetric,
+                include_zero=self.include_zero,
+                exact=role == "weight",
+                **(observer_options or {}),
+            )
+        self.observing = False
+        self.enabled = True
+        self.calibrated = self.dynamic
+        #: observe ``max(x, 0)`` (an output followed by a ReLU in the integer graph)
+        self.observe_relu = False
+
+    def _apply(self, fn: Any, recurse: bool = True) -> FakeQuantize:
+        super()._apply(fn, recurse)
+        _keep_float32(self, ("scale",))
+        return self
+
+    # -- calibration ----------------------------------------------------------------------
+
+    def observe(self, x: Tensor) -> None:
+        """Feed ``x`` to the observer (checking it is finite)."""
+        if self.observer is None:
+            return
+        x = x.detach()
+        if not bool(torch.isfinite(x).all()):
+            what = "weight" if self.role == "weight" else "input activations"
+            raise NumericalError(
+                f"NaN or Inf in the {what} of {self.name or 'a quantized layer'}; quantization "
+                "ranges cannot be computed. Fix the model or the data (a non-finite weight, an "
+                "overflow in float16, a division by zero upstream)."
+            )
+        if self.observe_relu:
+            x = x.clamp(min=0)
+        self.observer.observe(self._grouped(x))
+
+    def calibrate(self) -> None:
+        """Set ``scale`` and ``zero_point`` from what the observer saw."""
+        if self.dynamic:
+            return
+        if self.observer is None:
+            raise RuntimeError(f"{self.name}: quantizer has no observer to calibrate from")
+        scale, zp = self.observer.qparams()
+        with torch.no_grad():
+            self.scale.copy_(scale.reshape(self.scale.shape).to(self.scale))
+            self.zero_point.copy_(zp.reshape(self.zero_point.shape).to(self.zero_point))
+        self.calibrated = True
+
+    def learnable_scale(self) -> nn.Parameter:
+        """Turn ``scale`` into an ``nn.Parameter`` (for LSQ-style training); the state key is unchanged."""
+        if isinstance(self.scale, nn.Parameter):
+            return self.scale
+        value = self.scale.detach().clone()
+        del self._buffers["scale"]
+        self.scale = nn.Parameter(value)
+        return self.scale
+
+    def _grouped(self, x: Tensor) -> Tensor:
+        if self.role == "weight":
+            return QF.to_groups(x.reshape(self.shape), self.granularity, self.group_size)  # type: ignore[arg-type]
+        return x.reshape(1, -1)
+
+    # -- simulation -----------------------------------------------------------------------
+
+    def qparams_for(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The scale and zero point applied to ``x`` (stored, or computed from ``x`` if dynamic)."""
+        if not self.dynamic:
+            return self.scale, self.zero_point
+        if self.granularity == "token":
+            return QF.token_qparams(
+                x, self.quant_min, self.quant_max, symmetric=self.spec.symmetric
+            )
+        return QF.tensor_qparams(x, self.quant_min, self.quant_max, symmetric=self.spec.symmetric)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.observing:
+            self.observe(x)
+        if not self.enabled:
+            return x
+        if self.role == "weight":
+            return QF.fake_quantize_weight(
+                x,
+                self.scale,
+                self.zero_point,
+                self.quant_min,
+                self.quant_max,
+                self.granularity,
+                self.group_size,
+            )
+        s, z = self.qparams_for(x)
+        return QF.fake_quantize(x, s, z, self.quant_min, self.quant_max)
+
+    def extra_repr(self) -> str:
+        rng = ""
+        if (self.quant_min, self.quant_max) != (self.spec.qmin, self.spec.qmax):
+            rng = f", range=[{self.quant_min}, {self.quant_max}]"
+        how = "dynamic" if self.dynamic else self.observer_name
+        return f"{self.spec.short()}{rng}, {how}"
+
+
+def _keep_float32(module: nn.Module, names: tuple[str, ...]) -> None:
+    """Scales stay float32 whatever the model's dtype (``.half()``, ``.to(torch.bfloat16)``)."""
+    for n in names:
+        t = getattr(module, n, None)
+        if isinstance(t, Tensor) and t.is_floating_point() and t.dtype != torch.float32:
+            if isinstance(t, nn.Parameter):
+                t.data = t.data.float()
+            else:
+                module._buffers[n] = t.float()
+
+
+class QuantLayer(nn.Module):
+    """Base of the fake-quant layers: float master ``weight``/``bias`` plus quantizers.
+
+    Attributes:
+        weight_quant: quantizer of the weight (``None``: float weight).
+        input_quant: quantizer of the input (``None``: float input, or an input already quantized
+            upstream in the integer graph).
+        output_quant: quantizer of the output, where the integer model re-quantizes it.
+        source: the class the layer replaced (``"Linear"``, ``"Conv1D"``, ``"Conv1d"``, ``"Conv2d"``).
+    """
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight_quant: FakeQuantize | None = None
+        self.input_quant: FakeQuantize | None = None
+        self.output_quant: FakeQuantize | None = None
+        self.source = ""
+
+    @property
+    def weight_shape2d(self) -> tuple[int, int]:
+        """``(rows, cols)`` of the canonical 2-D weight (output channels by flattened inputs)."""
+        w = self.weight
+        return int(w.shape[0]), int(w[0].numel())
+
+    def quantized_weight(self) -> Tensor:
+        """The weight as the integer model sees it (fake-quantized), in the weight's shape."""
+        if self.weight_quant is None:
+            return self.weight
+        w2d = self.weight.reshape(self.weight_shape2d)
+        return self.weight_quant(w2d).reshape(self.weight.shape)
+
+    def _op(self, x: Tensor, weight: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.input_quant is not None:
+            x = self.input_quant(x)
+        y = self._op(x, self.quantized_weight())
+        if self.output_quant is not None:
+            y = self.output_quant(y)
+        return y
+
+    def quantizers(self) -> dict[str, FakeQuantize]:
+        """The layer's quantizers by role (``weight``, ``input``, ``output``)."""
+        out = {}
+        for role in ("weight", "input", "output"):
+            q = getattr(self, f"{role}_quant")
+            if q is not None:
+                out[role] = q
+        return out
+
+
+class QuantLinear(QuantLayer):
+    """Fake-quant ``nn.Linear`` (also used for Hugging Face's ``Conv1D``, with the weight transposed).
+
+    Example:
+        >>> import torch, torchcompress as tc
+        >>> m = tc.quantize(torch.nn.Sequential(torch.nn.Linear(8, 4)),
+        ...                 tc.QuantConfig(mode="dynamic"))
+        >>> type(m[0]).__name__, m[0](torch.randn(2, 8)).shape
+        ('QuantLinear', torch.Size([2, 4]))
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        source: str = "Linear",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.source = source
+        self.weight = nn.Parameter(
+            torch.empty(out_features, in_features, device=device, dtype=dtype)
+        )
+        self.bias = (
+            nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
+        )
+
+    def _op(self, x: Tensor, weight: Tensor) -> Tensor:
+        return F.linear(x, weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        src = "" if self.source == "Linear" else f", from {self.source}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}{src}"
+
+
+class _QuantConvNd(QuantLayer):
+    _nd = 2
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: tuple[int, ...],
+        stride: tuple[int, ...],
+        padding: tuple[int, ...] | str,
+        dilation: tuple[int, ...],
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = tuple(kernel_size)
+        self.stride = tuple(stride)
+        self.padding = padding if isinstance(padding, str) else tuple(padding)
+        self.dilation = tuple(dilation)
+        self.groups = groups
+        self.padding_mode = padding_mode
+        self.source = f"Conv{self._nd}d"
+        self.weight = nn.Parameter(
+            torch.empty(
+                out_channels, in_channels // groups, *self.kernel_size, device=device, dtype=dtype
+            )
+        )
+        self.bias = (
+            nn.Parameter(torch.zeros(out_channels, device=device, dtype=dtype)) if bias else None
+        )
+
+    def _reversed_padding(self) -> list[int]:
+        out: list[int] = []
+        for d, k, p in zip(
+            reversed(self.dilation), reversed(self.kernel_size), reversed(self.padding)
+        ):  # type: ignore[arg-type]
+            out += (
+                [p, p] if isinstance(p, int) else [d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2]
+            )
+        return out
+
+    def _op(self, x: Tensor, weight: Tensor) -> Tensor:
+        conv = F.conv2d if self._nd == 2 else F.conv1d
+        w = weight.to(x.dtype)
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding(), mode=self.padding_mode)
+            return conv(x, w, b, self.stride, 0, self.dilation, self.groups)
+        return conv(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        s = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}"
+        )
+        if any(d != 1 for d in self.dilation):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        return s
+
+
+class QuantConv2d(_QuantConvNd):
+    """Fake-quant ``nn.Conv2d`` (weight groups run along the flattened ``in/groups * kh * kw`` axis)."""
+
+    _nd = 2
+
+
+class QuantConv1d(_QuantConvNd):
+    """Fake-quant ``nn.Conv1d``."""
+
+    _nd = 1

@@ -1,0 +1,100 @@
+"""tc.export_onnx: QDQ models that onnxruntime runs like the torch fake-quant model."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+import torchcompress as tc
+
+from .test_ptq import TinyResNet, _randomize_bn, mlp
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+pytestmark = pytest.mark.onnx
+
+
+def _run(path: str, x: torch.Tensor) -> torch.Tensor:
+    s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return torch.from_numpy(s.run(None, {s.get_inputs()[0].name: x.numpy()})[0])
+
+
+def _ops(path: str) -> list[str]:
+    return [n.op_type for n in onnx.load(path).graph.node]
+
+
+def _int8_weights(path: str) -> int:
+    g = onnx.load(path).graph
+    consts = [n for n in g.node if n.op_type == "Constant"]
+    n = 0
+    for c in consts:
+        t = onnx.numpy_helper.to_array(c.attribute[0].t)
+        if t.dtype.name == "int8" and t.ndim >= 2:
+            n += 1
+    return n + sum(
+        1 for i in g.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2
+    )
+
+
+def test_static_graph_model_qdq(tmp_path: Path) -> None:
+    m = TinyResNet().eval()
+    _randomize_bn(m)
+    q = tc.quantize(copy.deepcopy(m), tc.QuantConfig(), [torch.randn(4, 3, 8, 8) for _ in range(3)])
+    x = torch.randn(7, 3, 8, 8)
+    p = tc.export_onnx(q, torch.randn(1, 3, 8, 8), tmp_path / "r.onnx")
+    ops = _ops(p)
+    assert ops.count("QuantizeLinear") == 4 and "DequantizeLinear" in ops
+    assert _int8_weights(p) == 4  # stem, conv1, conv2, head weights stored as int8
+    y = _run(p, x)  # dynamic batch
+    ref = q(x)
+    fp = m(x)
+    # equal up to rounding ties (ONNX rounds x/s before adding the zero point)
+    assert (y - ref).abs().max() <= 0.05 * (ref - fp).abs().max() + 1e-4
+    c = tc.convert(copy.deepcopy(q))
+    pc = tc.export_onnx(c, x, tmp_path / "rc.onnx")
+    assert _ops(pc) == ops
+    assert torch.allclose(_run(pc, x), y, atol=1e-6)
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "token"])
+def test_dynamic_linear(tmp_path: Path, granularity: str) -> None:
+    q = tc.quantize(
+        mlp(),
+        tc.QuantConfig(
+            mode="dynamic",
+            activation=tc.IntSpec(8, symmetric=False, signed=False, granularity=granularity),
+        ),
+    )
+    x = torch.randn(5, 16) * 3
+    p = tc.export_onnx(q, x, tmp_path / "d.onnx")
+    if granularity == "tensor":
+        assert "MatMulInteger" in _ops(p) and "DynamicQuantizeLinear" in _ops(p)
+    assert torch.allclose(_run(p, x), q(x), atol=1e-4)
+
+
+def test_per_layer_and_weight_only(tmp_path: Path) -> None:
+    m = torch.nn.Sequential(
+        torch.nn.Conv1d(4, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(40, 2),
+    ).eval()
+    data = [torch.randn(2, 4, 10) for _ in range(2)]
+    x = torch.randn(3, 4, 10)
+    for cfg, kw in (
+        (tc.QuantConfig(observer="percentile"), {"graph": "layer"}),
+        (
+            tc.QuantConfig(
+                weight=tc.IntSpec(4, granularity="group", group_size=4), activation=None
+            ),
+            {},
+        ),
+        (tc.QuantConfig(weight=tc.IntSpec(4, granularity="channel"), activation=None), {}),
+    ):
+        q = tc.quantize(copy.deepcopy(m), cfg, data, **kw)
+        p = tc.export_onnx(q, x, tmp_path / "p.onnx")
+        assert torch.allclose(_run(p, x), q(x), atol=1e-4)
