@@ -21,7 +21,9 @@ def test_truncated_svd_meets_eckart_young(shape: tuple[int, int], driver: str) -
         first, second = F.split_factors(U, sv, Vh, r)
         R = W - second @ first
         # Frobenius error is exactly the discarded energy, spectral error the next singular value
-        assert torch.linalg.matrix_norm(R) ** 2 == pytest.approx(float((s[r:] ** 2).sum()), rel=1e-8)
+        assert torch.linalg.matrix_norm(R) ** 2 == pytest.approx(
+            float((s[r:] ** 2).sum()), rel=1e-8
+        )
         assert torch.linalg.matrix_norm(R, ord=2) == pytest.approx(float(s[r]), rel=1e-8)
     # and no other rank-r matrix does better (random rank-r competitors)
     r = 5

@@ -19,7 +19,9 @@ def _layers(model: nn.Module):
 
 def _mlp() -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(128, 96), nn.ReLU(), nn.Linear(96, 200), nn.ReLU(), nn.Linear(200, 64))
+    return nn.Sequential(
+        nn.Linear(128, 96), nn.ReLU(), nn.Linear(96, 200), nn.ReLU(), nn.Linear(200, 64)
+    )
 
 
 @pytest.mark.parametrize("value", [0.3, 0.5, 0.8])
@@ -36,7 +38,7 @@ def test_params_ratio_counts_the_real_factorized_cost(value: float) -> None:
     if value == 0.5:  # unlike a rank ratio of 0.5, which keeps far more than half the params
         rr = _mlp()
         tc.factorize(rr, LowRankConfig(rank=0.5))
-        assert lowrank_report(rr).params_ratio > 0.8
+        assert lowrank_report(rr).params_ratio > 0.7  # 0.76: half rank is far from half params
         assert lowrank_report(model).params_ratio <= 0.5
 
 
@@ -68,7 +70,9 @@ def test_flops_ratio_counts_macs_of_the_factorized_layer(value: float, tiny_cnn:
 
 @pytest.mark.parametrize("method", ["svd", "whitened", "activation_aware"])
 @pytest.mark.parametrize("energy", [0.5, 0.9, 0.99])
-def test_energy_rule_keeps_at_least_the_energy_with_the_smallest_rank(method: str, energy: float) -> None:
+def test_energy_rule_keeps_at_least_the_energy_with_the_smallest_rank(
+    method: str, energy: float
+) -> None:
     model = _mlp()
     x = torch.randn(256, 128)
     tc.factorize(model, LowRankConfig(rank="energy", value=energy, method=method), x)
@@ -97,7 +101,9 @@ def test_rank_ratio_and_fixed_rank() -> None:
 def test_fixed_rank_larger_than_a_layer_allows_names_the_layer() -> None:
     model = _mlp()
     before = [type(m) for m in model]
-    with pytest.raises(ConfigError, match=r"rank=100 is larger than layer '0' \(96x128\).*at most 96"):
+    with pytest.raises(
+        ConfigError, match=r"rank=100 is larger than layer '0' \(96x128\).*at most 96"
+    ):
         tc.factorize(model, LowRankConfig(rank=100))
     assert [type(m) for m in model] == before  # untouched
 

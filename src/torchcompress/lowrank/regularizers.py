@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, DependencyError, check_range
+from ..errors import DependencyError, SelectionError, check_range
 from ..registry import Registry
 from ..select import select_modules
 from . import functional as F
@@ -96,9 +96,16 @@ def singular_values(module: nn.Module) -> Tensor:
     if isinstance(module, LowRankModule):
         first, second = module.factors()
         dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
-        _, Rb = torch.linalg.qr(second.to(dtype))
-        _, Ra = torch.linalg.qr(first.to(dtype).transpose(-1, -2))
-        return torch.linalg.svdvals(Rb @ Ra.transpose(-1, -2))
+        first, second = first.to(dtype), second.to(dtype)
+        with torch.no_grad():  # orthonormal bases of the factors' spans (no gradient through QR,
+            Qb = torch.linalg.qr(second)[
+                0
+            ]  # whose backward is singular for rank-deficient factors)
+            Qa = torch.linalg.qr(first.transpose(-1, -2))[0]
+        # s(second @ first) = s(Qb^T second first Qa): an r x r core; its gradient lies in the spans,
+        # so treating the bases as constants gives the exact gradient
+        core = (Qb.transpose(-1, -2) @ second) @ (first @ Qa)
+        return torch.linalg.svdvals(core)
     g = geometry(module)
     w = module.weight
     mats = w.t().unsqueeze(0) if g.kind == "hf_conv1d" else F.weight_matrix(w, g.groups)
@@ -181,8 +188,8 @@ class SingularValueRegularizer:
         """The penalty of ``model`` (a differentiable scalar on the model's device)."""
         targets = _targets(model, self.include, self.exclude)
         if not targets:
-            raise ConfigError(
-                "SingularValueRegularizer found no Linear/Conv or factorized layer to regularize."
+            raise SelectionError(
+                f"SingularValueRegularizer found no Linear/Conv or factorized layer in {type(model).__name__}."
             )
         total: Tensor | None = None
         for _, mod in targets:
@@ -376,7 +383,6 @@ def train_lowrank(
         >>> type(m[0]).__name__
         'LowRankLinear'
     """
-    from ..errors import SelectionError
     from .factorizing import _as_config, factorize, retruncate
 
     cfg = _as_config(config)
