@@ -63,7 +63,7 @@ def test_dense_only_layers_count_in_the_budget_and_are_named() -> None:
         "dw", LayerGeometry("conv2d", 1, 9, 32, True, (32, 1, 3, 3)), torch.ones(32, 1)
     )
     layers = [_spec("a", 16, 16, 0.9), dw]
-    with pytest.raises(ConfigError, match="cannot be factorized and stay dense.*'dw'"):
+    with pytest.raises(ConfigError, match=r"cannot be factorized and stay dense.*'dw'"):
         allocate(layers, 0.1)
     alloc = allocate(layers, 0.8)  # the floor is (16*2 + 32*9+32) / (256 + 320) = 0.61
     assert alloc.ranks["dw"] is None and "break-even rank 0" in alloc.reasons["dw"]
@@ -143,7 +143,7 @@ def test_auto_with_round_to_and_min_rank(mlp: nn.Module) -> None:
 
 
 def test_auto_flops_budget_needs_calibration_data(mlp: nn.Module) -> None:
-    with pytest.raises(tc.errors.DataError, match="budget_kind='flops'.*calib_data"):
+    with pytest.raises(tc.errors.DataError, match=r"budget_kind='flops'.*calib_data"):
         tc.factorize(mlp, LowRankConfig(rank="auto", budget=0.5, budget_kind="flops"))
 
 

@@ -30,8 +30,8 @@ def test_truncated_svd_meets_eckart_young(shape: tuple[int, int], driver: str) -
     first, second = F.truncated_svd(W, r)
     best = torch.linalg.matrix_norm(W - second @ first)
     for _ in range(5):
-        A, B = torch.randn(shape[0], r, dtype=W.dtype), torch.randn(r, shape[1], dtype=W.dtype)
-        # least-squares fit of the competitor's column space to W
+        A = torch.randn(shape[0], r, dtype=W.dtype)
+        # the best matrix with the competitor's column space: project W onto it
         Q, _ = torch.linalg.qr(A)
         assert torch.linalg.matrix_norm(W - Q @ (Q.T @ W)) > best
 

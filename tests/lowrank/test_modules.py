@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from torchcompress.lowrank import LowRankConv1d, LowRankConv2d, LowRankLinear
-from torchcompress.lowrank.modules import build_lowrank, dense_matrices, geometry
 from torchcompress.lowrank import functional as F
+from torchcompress.lowrank.modules import build_lowrank, dense_matrices, geometry
 
 
 def _full_rank(dense: nn.Module):

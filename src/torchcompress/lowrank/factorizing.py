@@ -189,18 +189,21 @@ def factorize(
         ConfigError: a rank larger than a layer allows, a ratio that a layer cannot meet, or an
             infeasible ``"auto"`` budget (each naming the layer or the floor).
         SelectionError: ``include``/``exclude`` match nothing, or nothing can be targeted.
-        UnsupportedModuleError: an ``include``\\d module cannot be factorized.
+        UnsupportedModuleError: a module named in ``include`` cannot be factorized.
         CalibrationError: a targeted layer never ran on ``calib_data``.
 
     Example:
         >>> import torch, torch.nn as nn, torchcompress as tc
         >>> model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
         >>> x = torch.randn(64, 256)
-        >>> tc.factorize(model, tc.LowRankConfig(rank="params_ratio", value=0.5, method="whitened"), x)[0]
-        LowRankLinear(in_features=256, out_features=256, rank=64, bias=True)
+        >>> cfg = tc.LowRankConfig(rank="params_ratio", value=0.5, method="whitened")
+        >>> tc.factorize(model, cfg, calib_data=x)[0].rank      # (63 * 512 + 256) / 65,792 <= 0.5
+        63
         >>> rep = tc.lowrank.lowrank_report(model)
-        >>> rep.layers[1].factorized, rep.layers[1].reason   # 256x10: rank 5 would not save params
-        (False, 'rank 5 >= break-even 9: would not save params')
+        >>> round(rep.params_ratio, 3), rep.layers[1].rank
+        (0.491, 4)
+        >>> tc.factorize(nn.Sequential(nn.Linear(64, 64)), tc.LowRankConfig(rank=40))[0]  # 40 >= 31
+        Linear(in_features=64, out_features=64, bias=True)
     """
     cfg = _as_config(config)
     method = get_method(cfg.method)

@@ -379,9 +379,9 @@ def train_lowrank(
         ...         opt.zero_grad(); loss.backward(); opt.step()
         >>> model = nn.Sequential(nn.Linear(32, 32))
         >>> data = (torch.randn(64, 32), torch.randn(64, 32))
-        >>> m = train_lowrank(model, data, LowRankConfig(rank="energy", value=0.9), rounds=2, train_fn=loop)
-        >>> type(m[0]).__name__
-        'LowRankLinear'
+        >>> m = train_lowrank(model, data, LowRankConfig(rank=4), rounds=2, train_fn=loop)
+        >>> type(m[0]).__name__, m[0].rank
+        ('LowRankLinear', 4)
     """
     from .factorizing import _as_config, factorize, retruncate
 
