@@ -164,6 +164,8 @@ _PLAIN_FIELDS: dict[type[nn.Module], tuple[str, ...]] = {
     nn.LayerNorm: ("normalized_shape", "eps", "elementwise_affine"),
     nn.GroupNorm: ("num_groups", "num_channels", "eps", "affine"),
     nn.Embedding: ("num_embeddings", "embedding_dim", "padding_idx"),
+    # what tc.fuse leaves in place of a folded BatchNorm
+    nn.Identity: (),
 }
 
 
