@@ -12,8 +12,8 @@ really keeps. Latency of the 0.6x models is timed against the dense model, inter
 
 Usage::
 
-    python benchmarks/lowrank_minilm.py           # full: 128 calibration / 256 evaluation sentences
-    python benchmarks/lowrank_minilm.py --quick   # ~1-2 minutes, written under benchmarks/_work/
+    PYTHONPATH=src python -m benchmarks.lowrank_minilm         # full: 128 calibration / 256 evaluation sentences
+    PYTHONPATH=src python -m benchmarks.lowrank_minilm --quick   # ~1-2 minutes, written under benchmarks/_work/
 """
 
 from __future__ import annotations
@@ -21,25 +21,23 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import torchcompress as tc  # noqa: E402
-from benchmarks.harness import Report, time_variants  # noqa: E402
-from torchcompress.models.hf import load_minilm, sentence_embeddings, tokenize  # noqa: E402
+import torchcompress as tc
+from benchmarks.harness import Report, time_variants
+from torchcompress.models.hf import load_minilm, sentence_embeddings, tokenize
 
 METHODS = ("svd", "activation_aware", "whitened")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small data, written under benchmarks/_work/")
+    ap.add_argument(
+        "--quick", action="store_true", help="small data, written under benchmarks/_work/"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
     if args.threads:
@@ -54,14 +52,20 @@ def main() -> None:
     torch.manual_seed(0)
     ref = sentence_embeddings(model, tok, evaluation)
     calib_batches = [tokenize(tok, calib[i : i + 16]) for i in range(0, n_cal, 16)]
-    targeted = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not n.startswith("pooler")]
+    targeted = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and not n.startswith("pooler")
+    ]
     dense_params = sum(p.numel() for n in targeted for p in model.get_submodule(n).parameters())
 
     rows: list[dict[str, str]] = []
     results: dict[tuple[float, str, str], dict[str, float]] = {}
     keep: dict[str, torch.nn.Module] = {}
 
-    def run(label: str, target: float | None, method: str, rule: str, cfg: tc.LowRankConfig) -> None:
+    def run(
+        label: str, target: float | None, method: str, rule: str, cfg: tc.LowRankConfig
+    ) -> None:
         m = copy.deepcopy(model)
         t0 = time.perf_counter()
         tc.factorize(m, cfg, calib_batches, exclude=["pooler"], progress=False)
@@ -104,7 +108,13 @@ def main() -> None:
                 "layer-wise",
                 tc.LowRankConfig(rank="params_ratio", value=target, method=method),
             )
-            run(f"auto, budget {target}", target, method, "auto", tc.LowRankConfig(rank="auto", budget=target, method=method))
+            run(
+                f"auto, budget {target}",
+                target,
+                method,
+                "auto",
+                tc.LowRankConfig(rank="auto", budget=target, method=method),
+            )
         run(
             f"auto, budget {target}, objective=error",
             None,
@@ -133,10 +143,14 @@ def main() -> None:
         return lambda: m(**enc)
 
     variants = {"dense": fwd(model)} | {f"0.6x {k}": fwd(v) for k, v in keep.items()}
-    timing = time_variants(variants, baseline="dense", rounds=rounds, min_time=0.5 if not args.quick else 0.2)
+    timing = time_variants(
+        variants, baseline="dense", rounds=rounds, min_time=0.5 if not args.quick else 0.2
+    )
 
     name = "lowrank_minilm"
-    command = "python benchmarks/lowrank_minilm.py" + (" --quick" if args.quick else "")
+    command = "PYTHONPATH=src python -m benchmarks.lowrank_minilm" + (
+        " --quick" if args.quick else ""
+    )
     rep = Report(name, "Low-rank factorization: MiniLM embedding fidelity", command)
     rep.add(
         f"all-MiniLM-L6-v2 (real pretrained weights); targeted: the {len(targeted)} Linears of the encoder "
@@ -147,12 +161,17 @@ def main() -> None:
         "`tc.factorize` (calibration and decompositions)."
     )
     rep.table(rows)
-    rep.table([timing.row(n) for n in variants], caption="Latency, batch of 32 sentences (interleaved rounds):")
+    rep.table(
+        [timing.row(n) for n in variants],
+        caption="Latency, batch of 32 sentences (interleaved rounds):",
+    )
 
     # commentary computed from the numbers
     lines = []
     for target in (0.8, 0.6):
-        best = max(((k, v) for k, v in results.items() if k[0] == target), key=lambda kv: kv[1]["cos_mean"])
+        best = max(
+            ((k, v) for k, v in results.items() if k[0] == target), key=lambda kv: kv[1]["cos_mean"]
+        )
         (_, method, rule), res = best
         svd_lw = results[(target, "svd", "layer-wise")]["cos_mean"]
         wh_lw = results[(target, "whitened", "layer-wise")]["cos_mean"]
@@ -178,7 +197,9 @@ def main() -> None:
             "unchanged by factorization)."
         )
     cal = statistics.median(v["calib_s"] for k, v in results.items() if k[1] == "whitened")
-    lines.append(f"- Calibration for the whitened method took a median {cal:.1f} s of the factorize time here.")
+    lines.append(
+        f"- Calibration for the whitened method took a median {cal:.1f} s of the factorize time here."
+    )
     rep.add("\n".join(lines))
     out = rep.write(Path(__file__).resolve().parent / "_work" if args.quick else None)
     print(f"wrote {out}")

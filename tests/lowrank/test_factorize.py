@@ -295,3 +295,16 @@ def test_factorize_on_cuda(tmp_path) -> None:
     tc.save(model, path)
     fresh = TinyCNN().cuda().eval()
     torch.testing.assert_close(tc.load(path, fresh)(x), model(x))
+
+
+def test_profile_counts_factorized_layers_at_their_real_cost(tiny_cnn: TinyCNN) -> None:
+    profiling = pytest.importorskip("torchcompress.profiling")
+    x = torch.randn(2, 3, 16, 16)
+    tc.factorize(tiny_cnn, LowRankConfig(rank="auto", budget=0.5, budget_kind="flops"), x)
+    prof = profiling.profile(tiny_cnn, x)
+    for la in lowrank_report(tiny_cnn).layers:
+        row = prof[la.name]
+        assert row.macs == la.macs_after, la.name
+        assert row.params == la.params_after, la.name
+    expected = sum(la.macs_after for la in lowrank_report(tiny_cnn).layers)
+    assert prof.total_macs == expected  # only conv/linear work in this model
