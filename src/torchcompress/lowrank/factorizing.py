@@ -16,6 +16,7 @@ from ..errors import (
     CompressionStateError,
     ConfigError,
     DataError,
+    NumericalError,
     SelectionError,
     UnsupportedModuleError,
 )
@@ -138,8 +139,6 @@ def _factor(
     first, second = F.split_factors(U, s, Vh, rank)
     first = w.transform.unright(first)
     if not (torch.isfinite(first).all() and torch.isfinite(second).all()):
-        from ..errors import NumericalError
-
         raise NumericalError(
             f"The factors of layer {w.name!r} are not finite; raise damping= or use method='svd'."
         )
