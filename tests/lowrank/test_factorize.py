@@ -308,3 +308,39 @@ def test_profile_counts_factorized_layers_at_their_real_cost(tiny_cnn: TinyCNN) 
         assert row.params == la.params_after, la.name
     expected = sum(la.macs_after for la in lowrank_report(tiny_cnn).layers)
     assert prof.total_macs == expected  # only conv/linear work in this model
+
+
+@pytest.mark.hf
+@pytest.mark.slow
+def test_real_minilm_whitened_beats_svd_and_round_trips(tmp_path) -> None:
+    pytest.importorskip("transformers")
+    hf = pytest.importorskip("torchcompress.models.hf")
+    try:
+        model, tok = hf.load_minilm()
+    except tc.errors.DependencyError:
+        pytest.skip("the bundled MiniLM is not installed")
+    sents = tc.data.english_sentences(48, seed=1)
+    calib = [hf.tokenize(tok, sents[:16])]
+    evaluation = sents[16:]
+    ref = hf.sentence_embeddings(model, tok, evaluation)
+    cos = {}
+    import copy
+
+    for method in ("svd", "whitened"):
+        m = copy.deepcopy(model)
+        tc.factorize(
+            m,
+            LowRankConfig(rank="params_ratio", value=0.8, method=method),
+            calib,
+            exclude=["pooler"],
+        )
+        cos[method] = float((hf.sentence_embeddings(m, tok, evaluation) * ref).sum(-1).mean())
+        assert lowrank_report(m).params_ratio <= 0.8
+    assert cos["whitened"] > cos["svd"] + 0.1, cos
+    path = os.path.join(tmp_path, "minilm.safetensors")
+    tc.save(m, path)
+    fresh, _ = hf.load_minilm()
+    tc.load(path, fresh)
+    torch.testing.assert_close(
+        hf.sentence_embeddings(fresh, tok, evaluation), hf.sentence_embeddings(m, tok, evaluation)
+    )

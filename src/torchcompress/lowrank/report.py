@@ -142,6 +142,9 @@ class LowRankReport:
             s += f"; budget {self.budget:g}x {self.budget_kind}, achieved {self.achieved:.4f}x"
         return s
 
+    def __repr__(self) -> str:
+        return f"LowRankReport({self.summary()})"
+
     def __str__(self) -> str:
         head = ["layer", "shape", "rank", "break-even", "energy", "params", "MACs", "note"]
         body = []
