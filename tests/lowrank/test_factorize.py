@@ -344,3 +344,13 @@ def test_real_minilm_whitened_beats_svd_and_round_trips(tmp_path) -> None:
     torch.testing.assert_close(
         hf.sentence_embeddings(fresh, tok, evaluation), hf.sentence_embeddings(m, tok, evaluation)
     )
+
+
+def test_progress_bars_and_max_batches(mlp: nn.Module, capsys) -> None:
+    pytest.importorskip("tqdm")
+    batches = [torch.randn(8, 64) for _ in range(5)]
+    tc.factorize(
+        mlp, LowRankConfig(rank=8, method="whitened", max_batches=3), batches, progress=True
+    )
+    assert lowrank_report(mlp).calib_batches == 3
+    assert capsys.readouterr().out == ""  # bars go to stderr, nothing is printed

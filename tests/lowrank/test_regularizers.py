@@ -87,6 +87,8 @@ def test_hoyer_training_concentrates_the_spectrum() -> None:
 def test_regularizer_rejects_bad_arguments() -> None:
     with pytest.raises(ConfigError, match=r"Unknown singular-value penalty 'nucler'.*'nuclear'"):
         SingularValueRegularizer("nucler")
+    with pytest.raises(ConfigError, match="takes no option"):
+        SingularValueRegularizer("hoyer", keep=0.5)
     with pytest.raises(ConfigError, match="strength"):
         SingularValueRegularizer("hoyer", strength=-1.0)
     with pytest.raises(tc.errors.SelectionError):

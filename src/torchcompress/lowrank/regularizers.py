@@ -24,6 +24,7 @@ a later truncation (:func:`~torchcompress.factorize` with an energy rule, or
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -32,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import DependencyError, SelectionError, check_range
+from ..errors import ConfigError, DependencyError, SelectionError, check_range
 from ..registry import Registry
 from ..select import select_modules
 from . import functional as F
@@ -145,6 +146,9 @@ class SingularValueRegularizer:
         normalize: divide by the number of targeted layers (so ``strength`` does not depend on depth).
         **options: penalty options (``keep=`` for ``"tail_energy"``).
 
+    Each call computes the singular values of every targeted layer (one SVD per layer; an ``r x r``
+    one for factorized layers), so on large convolutions it adds noticeably to a training step.
+
     Example:
         >>> import torch, torch.nn as nn
         >>> from torchcompress.lowrank import SingularValueRegularizer
@@ -168,6 +172,12 @@ class SingularValueRegularizer:
     ) -> None:
         self.fn = SV_PENALTIES.get(penalty)
         self.penalty = penalty
+        try:
+            inspect.signature(self.fn).bind(torch.ones(1, 1), **options)
+        except TypeError:
+            raise ConfigError(
+                f"SingularValueRegularizer({penalty!r}) takes no option(s) {sorted(options)}."
+            ) from None
         check_range("strength", strength, 0.0, owner="SingularValueRegularizer")
         if "keep" in options:
             check_range(
