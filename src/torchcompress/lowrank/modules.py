@@ -1,0 +1,537 @@
+"""Factorized layers: a Linear as two Linears, a convolution as r full-size filters then a 1x1 conv.
+
+- :class:`LowRankLinear`: ``x -> second(first(x))`` with ``first = Linear(in, r, bias=False)`` and
+  ``second = Linear(r, out)``; ``r*(in+out)`` weights instead of ``in*out``.
+- :class:`LowRankConv2d` (and :class:`LowRankConv1d`): the channel decomposition of Zhang et al.
+  (2015, "Accelerating very deep convolutional networks for classification and detection"):
+  ``first`` is a conv with ``r`` filters (per group) of the original kernel, stride, padding,
+  dilation and padding mode; ``second`` a 1x1 conv from those ``r`` channels to the outputs. A
+  grouped conv is factorized per group (each group gets ``r`` filters; ``groups`` is kept in both
+  convs). Costs ``groups*r*(out/g + in/g*k*k)`` weights and that many MACs per output position.
+
+Every factorized layer keeps the original's bias, device and dtype, exposes ``rank``, the dense
+``weight`` it represents (computed on access), and :meth:`merge` back to a plain layer. The factors
+are ordinary ``nn.Linear``/``nn.Conv`` children, so other families (quantization, pruning) can
+compress them further.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from torchcompress.lowrank.modules import LowRankLinear
+    >>> dense = nn.Linear(32, 16)
+    >>> lr = LowRankLinear.from_dense(dense, rank=16)      # full rank: exact
+    >>> x = torch.randn(4, 32)
+    >>> torch.allclose(lr(x), dense(x), atol=1e-5)
+    True
+    >>> isinstance(lr.merge(), nn.Linear)
+    True
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import UnsupportedModuleError
+from . import functional as F
+
+__all__ = [
+    "LayerGeometry",
+    "LowRankConv1d",
+    "LowRankConv2d",
+    "LowRankLinear",
+    "LowRankModule",
+    "build_lowrank",
+    "dense_matrices",
+    "geometry",
+    "hf_conv1d_type",
+    "supported_dense_types",
+]
+
+
+def hf_conv1d_type() -> type[nn.Module] | None:
+    """Hugging Face's ``Conv1D`` (GPT-2 style, weight ``in x out``) if transformers is imported."""
+    if "transformers" not in sys.modules:
+        return None
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - very old or very new transformers
+        return None
+    return Conv1D  # type: ignore[no-any-return]
+
+
+def supported_dense_types() -> tuple[type[nn.Module], ...]:
+    """The dense layer classes :func:`~torchcompress.factorize` can factorize."""
+    hf = hf_conv1d_type()
+    base: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
+    return (*base, hf) if hf is not None else base
+
+
+@dataclass(frozen=True)
+class LayerGeometry:
+    """The matrix shape of a dense layer: ``groups`` matrices of ``m x n`` (outputs x inputs).
+
+    Attributes:
+        kind: ``"linear"``, ``"hf_conv1d"``, ``"conv1d"`` or ``"conv2d"``.
+        m: outputs per group.
+        n: inputs per group (``in/groups * prod(kernel)`` for convs).
+        groups: conv groups (1 for linear layers).
+        bias: whether the layer has a bias.
+        weight_shape: the dense weight's shape.
+    """
+
+    kind: str
+    m: int
+    n: int
+    groups: int
+    bias: bool
+    weight_shape: tuple[int, ...]
+
+    @property
+    def full_rank(self) -> int:
+        """``min(m, n)``: the largest rank a factorization can have."""
+        return min(self.m, self.n)
+
+    @property
+    def break_even(self) -> int:
+        """The largest rank that is strictly cheaper than the dense layer (0: never)."""
+        return F.break_even_rank(self.m, self.n)
+
+    @property
+    def dense_params(self) -> int:
+        """Parameters of the dense layer (weight and bias)."""
+        return F.dense_params(self.m, self.n, self.groups, self.bias)
+
+    def params(self, rank: int | None) -> int:
+        """Parameters at ``rank`` (``None``: dense)."""
+        if rank is None:
+            return self.dense_params
+        return F.factorized_params(self.m, self.n, rank, self.groups, self.bias)
+
+    def macs_per_position(self, rank: int | None) -> int:
+        """MACs per output position (token or pixel) at ``rank`` (``None``: dense)."""
+        if rank is None:
+            return self.groups * self.m * self.n
+        return self.groups * rank * (self.m + self.n)
+
+    def shape_str(self) -> str:
+        """``"out x in"`` or the conv kernel shape, e.g. ``"64x32x3x3"`` (``/g4`` for groups)."""
+        s = "x".join(str(d) for d in self.weight_shape)
+        return s + (f"/g{self.groups}" if self.groups > 1 else "")
+
+
+def geometry(module: nn.Module) -> LayerGeometry:
+    """The :class:`LayerGeometry` of a dense Linear, Conv1d, Conv2d or Hugging Face Conv1D.
+
+    For a factorized layer, the geometry of the dense layer it represents.
+
+    Raises:
+        UnsupportedModuleError: any other module.
+    """
+    if isinstance(module, LowRankModule):
+        first, second = module.factors()
+        g, m, _ = second.shape
+        n = int(first.shape[-1])
+        kind = "linear" if isinstance(module, LowRankLinear) else f"conv{module._dims}d"  # type: ignore[attr-defined]
+        shape = tuple(module.weight.shape) if kind != "linear" else (g * m, n)
+        return LayerGeometry(kind, int(m), n, int(g), module.bias is not None, shape)
+    hf = hf_conv1d_type()
+    if hf is not None and isinstance(module, hf):
+        nx, nf = module.weight.shape
+        return LayerGeometry("hf_conv1d", nf, nx, 1, module.bias is not None, (nf, nx))
+    if isinstance(module, nn.Linear):
+        out, inp = module.weight.shape
+        return LayerGeometry("linear", out, inp, 1, module.bias is not None, (out, inp))
+    if isinstance(module, nn.Conv1d | nn.Conv2d):
+        w = module.weight
+        g = module.groups
+        kind = "conv1d" if isinstance(module, nn.Conv1d) else "conv2d"
+        n = int(w[0].numel())
+        return LayerGeometry(kind, w.shape[0] // g, n, g, module.bias is not None, tuple(w.shape))
+    raise UnsupportedModuleError(
+        f"{type(module).__name__} cannot be factorized; supported: Linear, Conv1d, Conv2d "
+        "(and transformers' Conv1D)."
+    )
+
+
+def dense_matrices(module: nn.Module) -> Tensor:
+    """The weight of a dense layer as ``(groups, m, n)`` matrices (detached, same dtype).
+
+    For a factorized layer, the product of its factors.
+    """
+    if isinstance(module, LowRankModule):
+        return module.dense_matrix().detach()
+    g = geometry(module)
+    w = module.weight.detach()
+    if g.kind == "hf_conv1d":
+        return w.t().unsqueeze(0)
+    return F.weight_matrix(w, g.groups)
+
+
+class LowRankModule(nn.Module):
+    """Base class of the factorized layers (``first`` then ``second``).
+
+    Attributes:
+        rank: the rank (per group for convolutions).
+    """
+
+    rank: int
+    groups: int = 1
+    first: nn.Module
+    second: nn.Module
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.second(self.first(x))
+
+    def factors(self) -> tuple[Tensor, Tensor]:
+        """``(first, second)`` as matrices ``(groups, r, n)`` and ``(groups, m, r)`` (live views)."""
+        raise NotImplementedError
+
+    def dense_matrix(self) -> Tensor:
+        """The product ``second @ first`` as ``(groups, m, n)`` (differentiable)."""
+        first, second = self.factors()
+        return second @ first
+
+    @property
+    def bias(self) -> Tensor | None:  # type: ignore[override]
+        """The output bias (held by ``second``)."""
+        return self.second.bias  # type: ignore[return-value]
+
+    def merge(self) -> nn.Module:
+        """The equivalent dense layer (a new module on the same device and dtype)."""
+        raise NotImplementedError
+
+    def with_factors(self, first: Tensor, second: Tensor) -> LowRankModule:
+        """A new layer like this one (same shape, bias, device, dtype) with other factors.
+
+        ``first`` is ``(groups, r, n)`` and ``second`` ``(groups, m, r)`` for any rank ``r``; the bias is
+        copied.
+        """
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def set_factors(self, first: Tensor, second: Tensor) -> None:
+        """Overwrite the factors with ``(groups, r, n)`` / ``(groups, m, r)`` matrices."""
+        f, s = self.factors()
+        if first.shape != f.shape or second.shape != s.shape:
+            raise ValueError(
+                f"factor shapes {tuple(first.shape)}, {tuple(second.shape)} do not fit "
+                f"{tuple(f.shape)}, {tuple(s.shape)}"
+            )
+        f.copy_(first)
+        s.copy_(second)
+
+
+class LowRankLinear(LowRankModule):
+    """A Linear factorized as ``Linear(in, rank, bias=False)`` then ``Linear(rank, out)``.
+
+    Args:
+        in_features: inputs.
+        out_features: outputs.
+        rank: the inner width.
+        bias: whether ``second`` has a bias.
+        device: where the factors live.
+        dtype: their dtype.
+
+    Example:
+        >>> import torch
+        >>> m = LowRankLinear(64, 32, rank=8)
+        >>> m(torch.randn(2, 64)).shape, sum(p.numel() for p in m.parameters())
+        (torch.Size([2, 32]), 800)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"rank must be at least 1, got {rank}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.rank = rank
+        self.first = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
+        self.second = nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype)
+
+    @property
+    def weight(self) -> Tensor:
+        """The dense ``out x in`` weight this layer represents (a matmul on every access)."""
+        return self.second.weight @ self.first.weight
+
+    def factors(self) -> tuple[Tensor, Tensor]:
+        return self.first.weight.unsqueeze(0), self.second.weight.unsqueeze(0)
+
+    @classmethod
+    def from_factors(
+        cls, first: Tensor, second: Tensor, bias: Tensor | None = None
+    ) -> LowRankLinear:
+        """Build from ``first`` (``r x in``), ``second`` (``out x r``) and an optional bias."""
+        r, n = first.shape[-2:]
+        m = second.shape[-2]
+        mod = cls(n, m, r, bias=bias is not None, device=first.device, dtype=first.dtype)
+        mod.set_factors(first.reshape(1, r, n), second.reshape(1, m, r))
+        if bias is not None:
+            with torch.no_grad():
+                mod.second.bias.copy_(bias)  # type: ignore[union-attr]
+        return mod
+
+    @classmethod
+    def from_dense(cls, linear: nn.Module, rank: int) -> LowRankLinear:
+        """The truncated-SVD factorization of a Linear (or transformers' Conv1D) at ``rank``."""
+        W = dense_matrices(linear)[0]
+        first, second = F.truncated_svd(W, rank)
+        return cls.from_factors(
+            first, second, linear.bias.detach() if linear.bias is not None else None
+        )
+
+    def with_factors(self, first: Tensor, second: Tensor) -> LowRankLinear:
+        p = self.first.weight
+        bias = self.bias.detach() if self.bias is not None else None
+        return LowRankLinear.from_factors(
+            first.reshape(first.shape[-2:]).to(p), second.reshape(second.shape[-2:]).to(p), bias
+        ).train(self.training)
+
+    def merge(self) -> nn.Linear:
+        p = self.first.weight
+        out = nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.bias is not None,
+            device=p.device,
+            dtype=p.dtype,
+        )
+        with torch.no_grad():
+            out.weight.copy_(self.weight)
+            if self.bias is not None:
+                out.bias.copy_(self.bias)
+        out.train(self.training)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, bias={self.bias is not None}"
+
+
+class _LowRankConvNd(LowRankModule):
+    _dims: int = 2
+    _conv: type[nn.Module] = nn.Conv2d
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, ...],
+        rank: int,
+        stride: int | tuple[int, ...] = 1,
+        padding: int | tuple[int, ...] | str = 0,
+        dilation: int | tuple[int, ...] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"rank must be at least 1, got {rank}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"channels {in_channels}->{out_channels} not divisible by groups={groups}"
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.rank = rank
+        self.groups = groups
+        self.first = self._conv(
+            in_channels,
+            groups * rank,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=False,
+            padding_mode=padding_mode,
+            device=device,
+            dtype=dtype,
+        )
+        self.second = self._conv(
+            groups * rank, out_channels, 1, groups=groups, bias=bias, device=device, dtype=dtype
+        )
+
+    # conv attributes users (and code) read
+    @property
+    def kernel_size(self) -> tuple[int, ...]:
+        """The kernel size of the original convolution."""
+        return self.first.kernel_size  # type: ignore[return-value]
+
+    @property
+    def stride(self) -> tuple[int, ...]:
+        """The stride (applied by ``first``)."""
+        return self.first.stride  # type: ignore[return-value]
+
+    @property
+    def padding(self) -> Any:
+        """The padding (applied by ``first``)."""
+        return self.first.padding
+
+    @property
+    def dilation(self) -> tuple[int, ...]:
+        """The dilation (applied by ``first``)."""
+        return self.first.dilation  # type: ignore[return-value]
+
+    @property
+    def padding_mode(self) -> str:
+        """The padding mode (applied by ``first``)."""
+        return self.first.padding_mode  # type: ignore[return-value]
+
+    def factors(self) -> tuple[Tensor, Tensor]:
+        g, r = self.groups, self.rank
+        first = self.first.weight.reshape(g, r, -1)
+        second = self.second.weight.reshape(g, self.out_channels // g, r)
+        return first, second
+
+    @property
+    def weight(self) -> Tensor:
+        """The dense kernel ``out x in/groups x k...`` this layer represents (computed on access)."""
+        shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        return self.dense_matrix().reshape(shape)
+
+    @classmethod
+    def from_dense(cls, conv: nn.Module, rank: int) -> _LowRankConvNd:
+        """The truncated-SVD channel factorization of a convolution at ``rank`` (per group)."""
+        first, second = F.truncated_svd(dense_matrices(conv), rank)
+        return build_lowrank(conv, first, second)  # type: ignore[return-value]
+
+    def with_factors(self, first: Tensor, second: Tensor) -> _LowRankConvNd:
+        p = self.first.weight
+        kw = self.conv_kwargs()
+        kw["rank"] = int(first.shape[-2])
+        kw["padding"] = kw["padding"] if isinstance(kw["padding"], str) else tuple(kw["padding"])
+        mod = type(self)(**kw, device=p.device, dtype=p.dtype)
+        mod.set_factors(first.to(p), second.to(p))
+        if self.bias is not None:
+            with torch.no_grad():
+                mod.second.bias.copy_(self.bias)  # type: ignore[union-attr,operator]
+        return mod.train(self.training)
+
+    def merge(self) -> nn.Module:
+        p = self.first.weight
+        out = self._conv(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            bias=self.bias is not None,
+            padding_mode=self.padding_mode,
+            device=p.device,
+            dtype=p.dtype,
+        )
+        with torch.no_grad():
+            out.weight.copy_(self.weight)  # type: ignore[operator]
+            if self.bias is not None:
+                out.bias.copy_(self.bias)  # type: ignore[union-attr,operator]
+        out.train(self.training)
+        return out
+
+    def conv_kwargs(self) -> dict[str, Any]:
+        """The constructor arguments (without device/dtype), JSON-friendly."""
+        pad = self.padding
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size),
+            "rank": self.rank,
+            "stride": list(self.stride),
+            "padding": pad if isinstance(pad, str) else list(pad),
+            "dilation": list(self.dilation),
+            "groups": self.groups,
+            "bias": self.bias is not None,
+            "padding_mode": self.padding_mode,
+        }
+
+    def extra_repr(self) -> str:
+        g = f", groups={self.groups}" if self.groups > 1 else ""
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, rank={self.rank}"
+            f", stride={self.stride}, padding={self.padding}{g}, bias={self.bias is not None}"
+        )
+
+
+class LowRankConv2d(_LowRankConvNd):
+    """A Conv2d factorized as ``r`` filters of its kernel (per group), then a 1x1 conv.
+
+    Takes ``nn.Conv2d``'s arguments plus ``rank`` (per group); ``first`` carries the stride,
+    padding, dilation and padding mode, ``second`` the bias.
+
+    Example:
+        >>> import torch
+        >>> m = LowRankConv2d(16, 32, 3, rank=4, padding=1)
+        >>> m(torch.randn(1, 16, 8, 8)).shape
+        torch.Size([1, 32, 8, 8])
+    """
+
+    _dims = 2
+    _conv = nn.Conv2d
+
+
+class LowRankConv1d(_LowRankConvNd):
+    """A Conv1d factorized as ``r`` filters of its kernel (per group), then a 1x1 conv.
+
+    Example:
+        >>> import torch
+        >>> m = LowRankConv1d(16, 32, 5, rank=4, padding=2)
+        >>> m(torch.randn(1, 16, 20)).shape
+        torch.Size([1, 32, 20])
+    """
+
+    _dims = 1
+    _conv = nn.Conv1d
+
+
+def build_lowrank(dense: nn.Module, first: Tensor, second: Tensor) -> LowRankModule:
+    """The factorized replacement of ``dense`` with factor matrices ``first`` (``g x r x n``) and
+    ``second`` (``g x m x r``); the bias is copied, device and dtype follow ``dense``'s weight.
+    """
+    g = geometry(dense)
+    w = dense.weight
+    r = int(first.shape[-2])
+    first = first.reshape(g.groups, r, g.n).to(device=w.device, dtype=w.dtype)
+    second = second.reshape(g.groups, g.m, r).to(device=w.device, dtype=w.dtype)
+    bias = dense.bias.detach() if dense.bias is not None else None
+    mod: LowRankModule
+    if g.kind in ("linear", "hf_conv1d"):
+        mod = LowRankLinear(g.n, g.m, r, bias=bias is not None, device=w.device, dtype=w.dtype)
+    else:
+        cls = LowRankConv1d if g.kind == "conv1d" else LowRankConv2d
+        mod = cls(
+            dense.in_channels,
+            dense.out_channels,
+            dense.kernel_size,
+            r,
+            stride=dense.stride,
+            padding=dense.padding,
+            dilation=dense.dilation,
+            groups=dense.groups,
+            bias=bias is not None,
+            padding_mode=dense.padding_mode,
+            device=w.device,
+            dtype=w.dtype,
+        )
+    mod.set_factors(first, second)
+    if bias is not None:
+        with torch.no_grad():
+            mod.second.bias.copy_(bias)  # type: ignore[union-attr,operator]
+    mod.train(dense.training)
+    return mod
