@@ -40,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     "IntSpec": "torchcompress.quant",
     "QuantConfig": "torchcompress.quant",
     "quantize": "torchcompress.quant",
+    "prepare_qat": "torchcompress.quant",
     "convert": "torchcompress.quant",
     "kmeans_quantize": "torchcompress.quant",
     "export_onnx": "torchcompress.quant",

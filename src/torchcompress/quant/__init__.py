@@ -1,7 +1,10 @@
 """Quantization: integer formats, observers, post-training quantization, real integer execution.
 
 Public surface (also as ``tc.<name>``): :class:`IntSpec`, :class:`QuantConfig`, :func:`quantize`,
-:func:`convert`, :func:`kmeans_quantize`, :func:`export_onnx`.
+:func:`prepare_qat`, :func:`convert`, :func:`kmeans_quantize`, :func:`export_onnx`. QAT helpers
+(``tc.quant.<name>``): :func:`freeze_bn_stats`, :func:`unfreeze_bn_stats`, :func:`freeze_observers`,
+:func:`unfreeze_observers`, :func:`requantize`, :func:`pact_regularizer`, the callbacks
+:class:`FreezeBNStats` / :class:`FreezeObservers` (see :mod:`~torchcompress.quant.qat`).
 
 The pieces, from the inside out:
 
@@ -54,6 +57,7 @@ Example:
 from __future__ import annotations
 
 from . import codecs as _codecs  # noqa: F401  (registers codecs and profiler costs)
+from . import qat_codecs as _qat_codecs  # noqa: F401  (registers the folded conv+BN codec)
 from .converting import IntLayer, convert
 from .graph import QuantGraph
 from .kernels import KERNELS
@@ -62,24 +66,52 @@ from .modules import FakeQuantize, QuantConv1d, QuantConv2d, QuantLayer, QuantLi
 from .observers import OBSERVERS, Observer
 from .onnx_export import export_onnx
 from .ptq import quantize
+from .qat import (
+    FreezeBNStats,
+    FreezeObservers,
+    PACTRegularizer,
+    freeze_bn_stats,
+    freeze_observers,
+    pact_regularizer,
+    prepare_qat,
+    requantize,
+    unfreeze_bn_stats,
+    unfreeze_observers,
+)
+from .qat_modules import LSQQuantize, PACTQuantize, QuantConvBn1d, QuantConvBn2d, STEQuantize
 from .spec import IntSpec, QuantConfig
 
 __all__ = [
     "KERNELS",
     "OBSERVERS",
     "FakeQuantize",
+    "FreezeBNStats",
+    "FreezeObservers",
     "IntLayer",
     "IntSpec",
     "KMeansLayer",
+    "LSQQuantize",
     "Observer",
+    "PACTQuantize",
+    "PACTRegularizer",
     "QuantConfig",
     "QuantConv1d",
     "QuantConv2d",
+    "QuantConvBn1d",
+    "QuantConvBn2d",
     "QuantGraph",
     "QuantLayer",
     "QuantLinear",
+    "STEQuantize",
     "convert",
     "export_onnx",
+    "freeze_bn_stats",
+    "freeze_observers",
     "kmeans_quantize",
+    "pact_regularizer",
+    "prepare_qat",
     "quantize",
+    "requantize",
+    "unfreeze_bn_stats",
+    "unfreeze_observers",
 ]

@@ -59,6 +59,8 @@ def fq_spec(fq: FakeQuantize | None) -> dict[str, Any] | None:
         "calibrated": fq.calibrated,
         "learnable_scale": isinstance(fq.scale, nn.Parameter),
         "name": fq.name,
+        # quantization-aware training quantizers (torchcompress.quant.qat_modules)
+        "qat": fq.qat_state() if hasattr(fq, "qat_state") else None,
     }
 
 
@@ -70,8 +72,14 @@ def fq_from_spec(d: dict[str, Any] | None) -> FakeQuantize | None:
     from .observers import OBSERVERS
 
     observer = d["observer"] if d["observer"] in OBSERVERS else "minmax"
+    cls: type[FakeQuantize] = FakeQuantize
+    qat = d.get("qat")
+    if qat:
+        from .qat_modules import QAT_QUANTIZERS
+
+        cls = QAT_QUANTIZERS[qat["method"]]
     try:
-        fq = FakeQuantize(
+        fq = cls(
             IntSpec.from_dict(d["spec"]),
             role=d["role"],
             observer=observer,
@@ -86,7 +94,9 @@ def fq_from_spec(d: dict[str, Any] | None) -> FakeQuantize | None:
         raise
     fq.observe_relu = bool(d.get("observe_relu", False))
     fq.calibrated = bool(d.get("calibrated", True))
-    if d.get("learnable_scale"):
+    if qat:
+        fq.load_qat_state(qat)  # type: ignore[attr-defined]
+    elif d.get("learnable_scale"):
         fq.learnable_scale()
     return fq
 

@@ -692,7 +692,7 @@ class _QP:
 
 def _qp_of(fq: FakeQuantize) -> _QP:
     return _QP(
-        float(fq.scale.reshape(-1)[0]),
+        float(fq.scale.detach().reshape(-1)[0]),
         int(fq.zero_point.reshape(-1)[0].round()),
         int(fq.quant_min),
         int(fq.quant_max),
@@ -982,6 +982,9 @@ def _convert(model: nn.Module, container: Any) -> None:
     from ..select import snapshot_modules
 
     with snapshot_modules(model):
+        from .qat import finalize_for_convert
+
+        finalize_for_convert(model)  # QAT layers: fold BatchNorms, refresh weight ranges
         if container is not None and not container.converted:
             if container.fake_graph is None:  # e.g. unpickled: trace it again
                 from .graph import rebuild
