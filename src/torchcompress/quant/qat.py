@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from .. import io
 from ..batches import iter_batches, run_model
@@ -248,19 +249,59 @@ def _point_origins(plan: Any, model: nn.Module, fuse_residual: bool) -> dict[str
     return out
 
 
+_RELU_NAMES = {"relu", "relu_", "relu6", "hardtanh"}
+_KEEP_NAMES = {
+    "flatten",
+    "view",
+    "reshape",
+    "mean",
+    "avg_pool1d",
+    "avg_pool2d",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d",
+    "max_pool1d",
+    "max_pool2d",
+    "adaptive_max_pool2d",
+    "dropout",
+    "contiguous",
+    "squeeze",
+    "unsqueeze",
+    "clone",
+    "__getitem__",
+}
+
+
+class _ReluTracker(TorchFunctionMode):
+    """Follows which tensors are ReLU outputs (or pooled / reshaped ReLU outputs) in one forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.relu: dict[int, Tensor] = {}  # id -> tensor (kept alive so ids stay unique)
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        name = getattr(func, "__name__", "")
+        if isinstance(out, Tensor):
+            first = args[0] if args else None
+            if name in _RELU_NAMES or (
+                name in _KEEP_NAMES and isinstance(first, Tensor) and id(first) in self.relu
+            ):
+                self.relu[id(out)] = out
+        return out
+
+
 def _layer_origins(model: nn.Module, names: list[str], calib_data: Any) -> dict[str, str]:
-    """Layer mode: which layers read a ReLU's output, found by running one batch."""
-    relu_out: set[int] = set()
+    """Layer mode: which layers read a ReLU's output (or the model's input), from one batch."""
+    tracker = _ReluTracker()
+    model_inputs: set[int] = set()
     seen: dict[str, str] = {}
     handles = []
-    for m in model.modules():
-        if isinstance(m, nn.ReLU | nn.ReLU6):
-            handles.append(m.register_forward_hook(lambda mod, a, o: relu_out.add(id(o))))
     for name in names:
 
         def pre(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
             x = args[0] if args else None
-            seen.setdefault(name, "relu" if id(x) in relu_out else "other")
+            kind = "input" if id(x) in model_inputs else "other"
+            seen.setdefault(name, "relu" if id(x) in tracker.relu else kind)
 
         handles.append(model.get_submodule(name).register_forward_pre_hook(pre))
     device, _ = module_device_dtype(model)
@@ -271,7 +312,10 @@ def _layer_origins(model: nn.Module, names: list[str], calib_data: Any) -> dict[
             for i, batch in enumerate(
                 iter_batches(calib_data, max_batches=1, device=device, what="calib_data")
             ):
-                run_model(model, batch, index=i, what="calib_data")
+                inputs = [*batch.args, *batch.kwargs.values()]
+                model_inputs.update(id(t) for t in inputs if isinstance(t, Tensor))
+                with tracker:
+                    run_model(model, batch, index=i, what="calib_data")
     finally:
         for h in handles:
             h.remove()

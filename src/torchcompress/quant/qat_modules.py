@@ -174,6 +174,11 @@ class STEQuantize(_QATMixin, FakeQuantize):
     def _fq(self, x: Tensor) -> Tensor:
         was, self.observing = self.observing, False
         try:
+            if self.role == "weight" and was:
+                # the range follows the weights, so none is really clipped (the extreme weight of a
+                # symmetric range sits half a step out): a pure straight-through gradient
+                xd = x.detach()
+                return x + (FakeQuantize.forward(self, xd) - xd)
             return FakeQuantize.forward(self, x)
         finally:
             self.observing = was
@@ -403,7 +408,7 @@ class PACTQuantize(_QATMixin, FakeQuantize):
         return out if x.dtype == torch.float32 else out.to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.spec.short()}, PACT alpha={float(self.alpha):.4g}"
+        return f"{self.spec.short()}, PACT alpha={self.alpha.item():.4g}"
 
 
 #: class name -> class, for loading
