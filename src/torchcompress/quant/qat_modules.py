@@ -96,7 +96,9 @@ class STEQuantize(_QATMixin, FakeQuantize):
     (weights: their exact current range; activations: the configured observer, a moving min/max by
     default) and then fake-quantizes with the new range; in eval mode, or once frozen
     (``observing = False``, see :func:`~torchcompress.quant.qat.freeze_observers`), the stored range
-    is used. Under ``torch.distributed`` each batch's min/max is all-reduced (min and max) before
+    is used. While observing, a weight's gradient is purely straight-through (its range follows the
+    weight, so no weight is really clipped); activations get zero gradient where clipped. Under
+    ``torch.distributed`` each batch's min/max is all-reduced (min and max) before
     it reaches the observer, so all ranks keep identical ranges; for histogram observers the
     resulting scales are averaged instead.
 
