@@ -414,15 +414,15 @@ def prepare_qat(
     Example:
         >>> import torch, torchcompress as tc
         >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8),
-        ...                             torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(4))
+        ...     torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(288, 4))
         >>> calib = [torch.randn(8, 3, 8, 8) for _ in range(2)]
-        >>> _ = model(calib[0])
         >>> cfg = tc.QuantConfig(weight=tc.IntSpec(4, granularity="channel"),
         ...                      activation=tc.IntSpec(4, symmetric=False, signed=False))
         >>> model = tc.prepare_qat(model, cfg, method="lsq", calib_data=calib)
-        >>> type(model[0]).__name__, type(model.quant_graph.quantizers["output_0"]).__name__
+        >>> type(model[0]).__name__, type(model.quant_graph.quantizers["output__0"]).__name__
         ('QuantConvBn2d', 'LSQQuantize')
-        >>> model = tc.convert(tc.finetune(model, [(x, torch.zeros(8, dtype=torch.long)) for x in calib], progress=False).eval())
+        >>> data = [(x, torch.zeros(8, dtype=torch.long)) for x in calib]
+        >>> model = tc.convert(tc.finetune(model, data, progress=False))
     """
     config = QuantConfig() if config is None else config
     if isinstance(config, dict):

@@ -216,7 +216,7 @@ class LSQQuantize(_QATMixin, FakeQuantize):
         >>> from torchcompress.quant.qat_modules import LSQQuantize
         >>> fq = LSQQuantize(IntSpec(4), role="weight", shape=(1, 4))
         >>> fq.init_lsq(torch.tensor([[0.1, -0.2, 0.3, -0.4]]))
-        >>> round(float(fq.scale), 4)  # 2 * 0.25 / sqrt(7)
+        >>> round(fq.scale.item(), 4)  # 2 * 0.25 / sqrt(7)
         0.189
         >>> fq(torch.tensor([[0.1, -0.2, 0.3, -0.4]])).sum().backward()
         >>> fq.scale.grad is not None
