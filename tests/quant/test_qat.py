@@ -402,3 +402,21 @@ def test_calibration_must_reach_layers():
 
     with pytest.raises(CalibrationError):
         tc.prepare_qat(Skip(), method="lsq", calib_data=[torch.randn(2, 4)], graph="layer")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["ste", "lsq", "pact"])
+def test_qat_on_cuda(method):
+    x = torch.randn(8, 1, 8, 8, device="cuda")
+    model = warm(Net().cuda(), x)
+    tc.prepare_qat(model, W4A4, method=method, calib_data=[x])
+    model.train()
+    loss = model(x).square().mean()
+    loss.backward()
+    scales = [p for n, p in model.named_parameters() if n.endswith(("scale", "alpha"))]
+    assert all(p.device.type == "cuda" for p in scales)
+    model.eval()
+    with torch.no_grad():
+        ref = model(x)
+        out = tc.convert(model)(x)
+    assert torch.allclose(out, ref, atol=1e-4)
