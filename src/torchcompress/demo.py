@@ -59,7 +59,7 @@ def _pruned(model: nn.Module, ctx: DemoContext) -> nn.Module:
 
     tc.prune(model, tc.PruneConfig(sparsity=0.7, scope="global"))
     tc.finetune(model, ctx.train, epochs=ctx.finetune_epochs, lr=0.01)
-    return model
+    return tc.finalize(model)  # masks baked in: plain dense modules again
 
 
 def _factorized(model: nn.Module, ctx: DemoContext) -> nn.Module:
@@ -74,7 +74,7 @@ def _factorized(model: nn.Module, ctx: DemoContext) -> nn.Module:
 DEMO_STEPS: list[tuple[str, str, Callable[[nn.Module, DemoContext], nn.Module]]] = [
     ("BN folded (tc.fuse)", "torchcompress.fusion", _fused),
     ("int8 static, converted (tc.quantize + tc.convert)", "torchcompress.quant", _int8),
-    ("70% unstructured, fine-tuned (tc.prune)", "torchcompress.sparsity", _pruned),
+    ("70% unstructured, fine-tuned (tc.prune + tc.finalize)", "torchcompress.sparsity", _pruned),
     ("low-rank 0.6 params, fine-tuned (tc.factorize)", "torchcompress.lowrank", _factorized),
 ]
 

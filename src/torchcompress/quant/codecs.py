@@ -110,7 +110,10 @@ class QuantLayerCodec(io.ModuleCodec):
         return type(module) in (QuantLinear, QuantConv1d, QuantConv2d)
 
     def encode(self, module: nn.Module) -> dict[str, Any]:
-        assert isinstance(module, QuantLayer)
+        if not isinstance(module, QuantLayer):
+            raise RuntimeError(
+                "torchcompress internal error (please report): expected isinstance(module, QuantLayer)"
+            )
         spec: dict[str, Any] = {
             "class": type(module).__name__,
             "source": module.source,
@@ -126,7 +129,10 @@ class QuantLayerCodec(io.ModuleCodec):
                 "out_features": module.out_features,
             }
         else:
-            assert isinstance(module, QuantConv1d | QuantConv2d)
+            if not isinstance(module, QuantConv1d | QuantConv2d):
+                raise RuntimeError(
+                    "torchcompress internal error (please report): expected isinstance(module, QuantConv1d | QuantConv2d)"
+                )
             spec["geometry"] = {
                 "in_channels": module.in_channels,
                 "out_channels": module.out_channels,
@@ -190,7 +196,10 @@ class IntLayerCodec(io.ModuleCodec):
         return type(module) is IntLayer
 
     def encode(self, module: nn.Module) -> dict[str, Any]:
-        assert isinstance(module, IntLayer)
+        if not isinstance(module, IntLayer):
+            raise RuntimeError(
+                "torchcompress internal error (please report): expected isinstance(module, IntLayer)"
+            )
         return {
             "kind": module.kind,
             "in_features": module.in_features,
@@ -229,7 +238,10 @@ class IntLayerCodec(io.ModuleCodec):
         return IntLayer(kind, device=device, **kw)
 
     def after_load(self, module: nn.Module) -> None:
-        assert isinstance(module, IntLayer)
+        if not isinstance(module, IntLayer):
+            raise RuntimeError(
+                "torchcompress internal error (please report): expected isinstance(module, IntLayer)"
+            )
         module._kernel = None
         module._qp = {}
 
@@ -247,7 +259,10 @@ class KMeansCodec(io.ModuleCodec):
         return type(module) is KMeansLayer
 
     def encode(self, module: nn.Module) -> dict[str, Any]:
-        assert isinstance(module, KMeansLayer)
+        if not isinstance(module, KMeansLayer):
+            raise RuntimeError(
+                "torchcompress internal error (please report): expected isinstance(module, KMeansLayer)"
+            )
         return {
             "kind": module.kind,
             "weight_shape": list(module.weight_shape),
@@ -291,7 +306,10 @@ class QuantGraphCodec(io.ModuleCodec):
         return type(module) is QuantGraph
 
     def encode(self, module: nn.Module) -> dict[str, Any]:
-        assert isinstance(module, QuantGraph)
+        if not isinstance(module, QuantGraph):
+            raise RuntimeError(
+                "torchcompress internal error (please report): expected isinstance(module, QuantGraph)"
+            )
         return {
             "leaf_names": list(module.leaf_names),
             "converted": module.converted,
@@ -308,7 +326,10 @@ class QuantGraphCodec(io.ModuleCodec):
 
     def after_load_model(self, model: nn.Module, name: str) -> None:
         container = model.get_submodule(name)
-        assert isinstance(container, QuantGraph)
+        if not isinstance(container, QuantGraph):
+            raise RuntimeError(
+                "torchcompress internal error (please report): expected isinstance(container, QuantGraph)"
+            )
         rebuild(model, container)
 
 
@@ -343,7 +364,10 @@ def _macs(
 def _quant_layer_cost(
     module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
 ) -> LayerCost:
-    assert isinstance(module, QuantLayer)
+    if not isinstance(module, QuantLayer):
+        raise RuntimeError(
+            "torchcompress internal error (please report): expected isinstance(module, QuantLayer)"
+        )
     kind = "linear" if isinstance(module, QuantLinear) else "conv"
     macs = _macs(kind, tuple(module.weight.shape), getattr(module, "groups", 1), args, output)
     params = module.weight.numel() + (module.bias.numel() if module.bias is not None else 0)
@@ -359,7 +383,10 @@ def _quant_layer_cost(
 def _int_layer_cost(
     module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
 ) -> LayerCost:
-    assert isinstance(module, IntLayer)
+    if not isinstance(module, IntLayer):
+        raise RuntimeError(
+            "torchcompress internal error (please report): expected isinstance(module, IntLayer)"
+        )
     macs = _macs(module.kind, module.weight_shape, module.groups, args, output)
     params = int(math.prod(module.weight_shape)) + (
         module.bias.numel() if module.bias is not None else 0
@@ -381,7 +408,10 @@ def _int_layer_cost(
 def _kmeans_cost(
     module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
 ) -> LayerCost:
-    assert isinstance(module, KMeansLayer)
+    if not isinstance(module, KMeansLayer):
+        raise RuntimeError(
+            "torchcompress internal error (please report): expected isinstance(module, KMeansLayer)"
+        )
     macs = _macs(module.kind, module.weight_shape, module.groups, args, output)
     params = int(math.prod(module.weight_shape)) + (
         module.bias.numel() if module.bias is not None else 0

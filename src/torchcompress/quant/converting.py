@@ -204,7 +204,10 @@ class IntLayer(nn.Module):
             kind = "linear"
         else:
             kind = "conv2d" if isinstance(layer, QuantConv2d) else "conv1d"
-            assert isinstance(layer, QuantConv2d | QuantConv1d)
+            if not isinstance(layer, QuantConv2d | QuantConv1d):
+                raise RuntimeError(
+                    "torchcompress internal error (please report): expected isinstance(layer, QuantConv2d | QuantConv1d)"
+                )
             kwargs = {
                 "stride": layer.stride,
                 "padding": layer.padding,

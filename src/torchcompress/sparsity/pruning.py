@@ -86,7 +86,8 @@ def select_targets(
             log.warning("pruning: %s shares its weight with another module; left alone", name)
             continue
         kind = layer_kind(m)
-        assert kind is not None  # ok() checked it
+        if kind is None:
+            raise RuntimeError("torchcompress internal error (please report): kind is not set")
         out.append(Target(name, m, kind))
     if not out:
         raise SelectionError(
@@ -188,7 +189,8 @@ def _reprune_error(names: str, current: float, target: float) -> ConfigError:
 def _tolerance(layers: Sequence[_Layer]) -> int:
     tol = 0
     for lay in layers:
-        assert lay.cands is not None
+        if lay.cands is None:
+            raise RuntimeError("torchcompress internal error (please report): lay.cands is not set")
         if len(lay.cands):
             tol = max(tol, int(lay.cands.sizes.max()), lay.pattern.max_group_size(lay.w))
     return tol
@@ -201,7 +203,10 @@ def _select_pool(layers: list[_Layer]) -> None:
     if cfg.scope == "output":
         for lay in layers:
             rows = lay.w.shape[0]
-            assert lay.scores is not None
+            if lay.scores is None:
+                raise RuntimeError(
+                    "torchcompress internal error (please report): lay.scores is not set"
+                )
             dead = lay.dead
             target = round(s * lay.numel)
             if not cfg.regrow and dead > target + rows:
@@ -223,7 +228,8 @@ def _select_pool(layers: list[_Layer]) -> None:
         scores, sizes, forced = [], [], []
         for lay in layers:
             c = lay.cands
-            assert c is not None
+            if c is None:
+                raise RuntimeError("torchcompress internal error (please report): c is not set")
             sc = c.scores
             if len(layers) > 1:
                 sc = normalize_scores(sc, ~c.forced, cfg.normalize)
@@ -244,7 +250,10 @@ def _select_pool(layers: list[_Layer]) -> None:
                 f"{', ...' if len(layers) > 4 else ''} with min_density={cfg.min_density:g}: {e}"
             ) from None
     for lay, ch in zip(layers, chosen):
-        assert lay.scores is not None
+        if lay.scores is None:
+            raise RuntimeError(
+                "torchcompress internal error (please report): lay.scores is not set"
+            )
         lay.chosen = ch
         lay.keep = lay.pattern.expand(ch, lay.scores, lay.alive)
 
@@ -436,7 +445,8 @@ def prune(
             t, kind = lay.target, lay.target.kind
             lay.w = kind.to_canonical(t.module, original(t.module, "weight")).detach().float()
             mask = get_mask(t.module)
-            assert mask is not None
+            if mask is None:
+                raise RuntimeError("torchcompress internal error (please report): mask is not set")
             lay.alive = (
                 torch.ones_like(lay.w, dtype=torch.bool)
                 if lay.cfg.regrow
