@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from . import functional as QF
 from .modules import FakeQuantize, QuantConv1d, QuantConv2d, _QuantConvNd
+from .observers import MinMaxObserver, MovingMinMaxObserver
 from .spec import IntSpec
 
 __all__ = [
@@ -89,6 +90,36 @@ class _QATMixin:
         return max(1, x.numel() // max(1, x.shape[0] if x.dim() > 1 else 1))
 
 
+class _STE(torch.autograd.Function):
+    """``out`` in the forward; the incoming gradient (times ``mask`` if given) in the backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, out: Tensor, mask: Tensor | None) -> Tensor:
+        ctx.save_for_backward(mask if mask is not None else torch.empty(0))
+        ctx.has_mask = mask is not None
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None]:
+        if not ctx.has_mask:
+            return grad, None, None
+        (mask,) = ctx.saved_tensors
+        return grad * mask.to(grad.dtype), None, None
+
+
+def _mask(w: Tensor, fq: FakeQuantize) -> Tensor:
+    """Where a weight lies inside its (frozen) integer range, in the weight's shape."""
+    with torch.no_grad():
+        rows, cols = fq.shape  # type: ignore[misc]
+        w2 = w.detach().float().reshape(rows, cols)
+        s = QF.expand_qparams(fq.scale.float(), fq.granularity)
+        z = QF.expand_qparams(fq.zero_point.float(), fq.granularity)
+        if fq.granularity == "group":
+            w2 = w2.reshape(rows, cols // fq.group_size, fq.group_size)  # type: ignore[operator]
+        v = torch.round(w2 * (1.0 / s) + z)
+        return ((v >= fq.quant_min) & (v <= fq.quant_max)).reshape(w.shape)
+
+
 class STEQuantize(_QATMixin, FakeQuantize):
     """Fake quantization with ranges re-estimated at every training step (straight-through gradients).
 
@@ -125,24 +156,22 @@ class STEQuantize(_QATMixin, FakeQuantize):
         obs = self.observer
         if obs is None:
             return
-        g = self._grouped(x.detach()).float()
-        if (
-            self.role == "activation"
-            and _world() > 1
-            and type(obs).__name__
-            in (
-                "MinMaxObserver",
-                "MovingMinMaxObserver",
-            )
-        ):
-            lo, hi = torch.aminmax(g, dim=1)
-            both = torch.stack([-lo, hi])
-            torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX)
-            g = torch.stack([-both[0], both[1]], dim=1)
+        g = self._grouped(x.detach())
         if self.observe_relu:
             g = g.clamp(min=0)
+        if isinstance(obs, MinMaxObserver | MovingMinMaxObserver):
+            # one pass over the data: the observer only needs each group's min and max
+            lo, hi = torch.aminmax(g.float(), dim=1)
+            if not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
+                super().observe(x)  # raises the NumericalError naming the layer
+            if self.role == "activation" and _world() > 1:
+                both = torch.stack([-lo, hi])
+                torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX)
+                lo, hi = -both[0], both[1]
+            obs.observe(torch.stack([lo, hi], dim=1))
+            return
         if not bool(torch.isfinite(g).all()):
-            super().observe(x)  # raises the NumericalError naming the layer
+            super().observe(x)
         obs.observe(g)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -160,9 +189,8 @@ class STEQuantize(_QATMixin, FakeQuantize):
             self.calibrate()
             if self.role == "weight":
                 self.observer.reset()
-            elif _world() > 1 and type(self.observer).__name__ not in (
-                "MinMaxObserver",
-                "MovingMinMaxObserver",
+            elif _world() > 1 and not isinstance(
+                self.observer, MinMaxObserver | MovingMinMaxObserver
             ):
                 with torch.no_grad():
                     torch.distributed.all_reduce(self.scale, op=torch.distributed.ReduceOp.AVG)
@@ -174,16 +202,32 @@ class STEQuantize(_QATMixin, FakeQuantize):
         return self._fq(x)
 
     def _fq(self, x: Tensor) -> Tensor:
-        was, self.observing = self.observing, False
-        try:
-            if self.role == "weight" and was:
-                # the range follows the weights, so none is really clipped (the extreme weight of a
-                # symmetric range sits half a step out): a pure straight-through gradient
-                xd = x.detach()
-                return x + (FakeQuantize.forward(self, xd) - xd)
+        # the range is a constant of the step: one fused autograd node instead of five
+        # (weights while observing: a pure straight-through gradient, since their range follows
+        # them and none is really clipped; activations: zero gradient where clipped)
+        if self.dynamic:
             return FakeQuantize.forward(self, x)
-        finally:
-            self.observing = was
+        if self.role == "weight":
+            with torch.no_grad():
+                out = QF.fake_quantize_weight(
+                    x.detach(),
+                    self.scale,
+                    self.zero_point,
+                    self.quant_min,
+                    self.quant_max,
+                    self.granularity,
+                    self.group_size,
+                )
+            return (
+                _STE.apply(x, out, None) if self.observing else _STE.apply(x, out, _mask(x, self))
+            )
+        with torch.no_grad():
+            xf = x.detach().float()
+            z = self.zero_point.float()
+            v = torch.round(xf * (1.0 / self.scale.float()) + z)
+            mask = (v >= self.quant_min) & (v <= self.quant_max)
+            out = ((v.clamp_(self.quant_min, self.quant_max) - z) * self.scale.float()).to(x.dtype)
+        return _STE.apply(x, out, mask)
 
     def refresh(self, weight2d: Tensor) -> None:
         """Recompute a weight quantizer's range from ``weight2d`` (before conversion)."""
@@ -488,15 +532,22 @@ class _QuantConvBnNd(_QuantConvNd):
     def forward(self, x: Tensor) -> Tensor:
         if self.input_quant is not None:
             x = self.input_quant(x)
-        wq = self.quantized_weight()
         bn = self.bn
         if not self.training or bool(self.stats_frozen):
-            y = self._conv(x, wq, self.folded_bias())
+            y = self._conv(x, self.quantized_weight(), self.folded_bias())
         else:
-            y0 = self._conv(x, wq, None).float()
-            f = self._bn_factor()
+            # The folding factor is a constant of this step (detached): gamma then receives exactly
+            # BatchNorm's gradient, and the unfolding division never amplifies the weight's
+            # quantization error by 1 / factor^2. A vanishing factor (gamma = 0) is kept tiny.
+            f = self._bn_factor().detach()
+            f = torch.where(f.abs() < 1e-8, torch.full_like(f, 1e-8), f)
+            wshape = [-1] + [1] * (self.weight.dim() - 1)
+            w = (self.weight.float() * f.reshape(wshape)).to(self.weight.dtype)
+            if self.weight_quant is not None:
+                w = self.weight_quant(w.reshape(self.weight_shape2d)).reshape(w.shape)
+            y0 = self._conv(x, w, None).float()
             shape = [1, -1] + [1] * (y0.dim() - 2)
-            # the unfolded output (conv with the original scale, plus the conv's own bias)
+            # the unfolded output (conv with the original weight, plus the conv's own bias)
             z = y0 / f.reshape(shape)
             if self.bias is not None:
                 z = z + self.bias.float().reshape(shape)
