@@ -55,6 +55,14 @@ def main() -> None:
         tc.prepare_qat(model, cfg, method=method, calib_data=calib)
         tc.finetune(model, train, steps=4, lr=0.05, progress=False)
         results[method] = quant_state(model)
+    # the batch min/max of an STE activation quantizer is all-reduced: each rank sees its own data
+    # (rank 0 values in [0, 1], rank 1 in [0, 3]) and both end with the range of the union
+    from torchcompress.quant import STEQuantize
+
+    fq = STEQuantize(tc.IntSpec(8, symmetric=False, signed=False), observer="moving_minmax")
+    fq.train()
+    fq(torch.linspace(0, 1.0 + 2.0 * rank, 50))
+    results["synced_scale"] = {"scale": fq.scale.detach().clone()}
     torch.save(results, os.path.join(out, f"rank{rank}.pt"))
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +30,9 @@ def test_qat_ddp_keeps_scales_identical_across_ranks(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0 = torch.load(tmp_path / "rank0.pt")
     r1 = torch.load(tmp_path / "rank1.pt")
-    assert r0.keys() == r1.keys() == {"ste", "lsq", "pact"}
+    assert r0.keys() == r1.keys() == {"ste", "lsq", "pact", "synced_scale"}
+    # statistics of both ranks' data: the range [0, 3] of rank 1, on rank 0 too
+    assert r0["synced_scale"]["scale"].item() == pytest.approx(3.0 / 255, rel=1e-6)
     for method in r0:
         assert r0[method].keys() == r1[method].keys() and r0[method], method
         for k in r0[method]:
