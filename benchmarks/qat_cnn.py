@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import time
 import warnings
 from typing import Any
@@ -42,6 +43,11 @@ BITS = (8, 4, 2)
 METHODS = ("ste", "lsq", "pact")
 LR_FP, LR_QAT = 0.05, 0.01
 IMAGE = 16  # digits are 8x8: 16x16 keeps every model's geometry and the full run under ~20 min
+
+
+def _progress(msg: str) -> None:
+    sys.stderr.write(f"[qat_cnn {time.strftime('%H:%M:%S')}] {msg}\n")
+    sys.stderr.flush()
 
 
 def config(bits: int) -> QuantConfig:
@@ -185,6 +191,7 @@ def run(quick: bool) -> Report:
             )
             for method in METHODS:
                 tc.seed_everything(0)
+                _progress(f"{name} W{bits}A{bits} {method}")
                 m = train_qat(qat_model(fp, method, bits, calib), method, train, qat_epochs)
                 acc = tc.evaluate(m, test)["accuracy"]
                 int_acc = tc.evaluate(tc.convert(m), test)["accuracy"]
@@ -255,6 +262,7 @@ def run(quick: bool) -> Report:
         except Exception:
             pass
         variants["W8A8 LSQ"] = step_fn(qat_model(fp, "lsq", 8, calib), batch)
+        _progress(f"{name}: timing training steps")
         timing = time_variants(
             variants,
             baseline="fp32",
