@@ -225,13 +225,14 @@ def run(quick: bool) -> Report:
             rows,
             caption=f"**{name}**{f' ({opts})' if opts else ''} (fp32 training: {fp_time:.0f} s)",
         )
-        low = min(bits_list)
-        best = max(METHODS, key=lambda mth: accs[(mth, low)])
-        summary.append(
-            f"{name}: at W{low}A{low} PTQ scores {accs[('ptq', low)]:.3f} against fp32 "
-            f"{fp_acc:.3f}; the best QAT method, {best.upper()}, reaches {accs[(best, low)]:.3f} "
-            f"({accs[(best, low)] - fp_acc:+.3f} vs fp32)."
-        )
+        for low in sorted({4, min(bits_list)} & set(bits_list)):
+            best = max(METHODS, key=lambda mth: accs[(mth, low)])
+            each = ", ".join(f"{mth.upper()} {accs[(mth, low)]:.3f}" for mth in METHODS)
+            summary.append(
+                f"{name}: at W{low}A{low} PTQ scores {accs[('ptq', low)]:.3f} against fp32 "
+                f"{fp_acc:.3f}; QAT: {each} (best {best.upper()}, "
+                f"{accs[(best, low)] - fp_acc:+.3f} vs fp32)."
+            )
         if ("torch.ao", 8) in accs:
             summary.append(
                 f"{name} W8A8: torch.ao QAT {accs[('torch.ao', 8)]:.3f}, tc LSQ "
