@@ -67,7 +67,7 @@ def test_static_linear_simulates_the_integer_arithmetic() -> None:
         allx.min(), allx.max(), 0, 255, symmetric=False, include_zero=True
     )
     w = m.fc1.weight.detach()
-    sw = w.abs().amax(1) / 127.5
+    sw = torch.maximum(w.amax(1).clamp(min=0) / 127, (-w.amin(1)).clamp(min=0) / 128)
     wq = torch.clamp(torch.round(w / sw[:, None]), -128, 127) * sw[:, None]
     x = torch.randn(5, 8)
     xq = QF.fake_quantize(x, s_in, z_in, 0, 255)
