@@ -12,6 +12,7 @@ from torchcompress.select import (
     get_module,
     matches,
     module_device_dtype,
+    read_by_parent,
     replace_modules,
     select_modules,
     set_module,
@@ -193,3 +194,54 @@ def test_snapshot_restores_tensors_modules_and_classes():
     with snapshot_modules(m):
         m.layer1[0] = nn.Identity()
     assert isinstance(m.layer1[0], nn.Identity)
+
+
+class _Scaled(nn.Module):
+    """A replacement Linear that visibly differs from the original (doubles its output)."""
+
+    def __init__(self, lin: nn.Linear) -> None:
+        super().__init__()
+        self.lin = lin
+
+    @property
+    def weight(self) -> torch.Tensor:  # what the fused fast path would read
+        return self.lin.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.lin.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * self.lin(x)
+
+
+def test_replacing_an_encoder_layer_child_turns_its_fused_fast_path_off() -> None:
+    torch.manual_seed(0)
+    enc = nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True), 2
+    ).eval()
+    x = torch.randn(3, 5, 16)
+    with torch.no_grad():
+        before = enc(x)
+    old = set_module(enc, "layers.1.linear2", _Scaled(enc.layers[1].linear2))
+    assert enc.layers[1].activation_relu_or_gelu == 0
+    assert enc.layers[0].activation_relu_or_gelu == 1  # untouched layers keep their fast path
+    assert enc.use_nested_tensor is False
+    with torch.no_grad():
+        y_nograd = enc(x)
+    y_grad = enc(x)  # the slow path (grad enabled) always calls the children
+    torch.testing.assert_close(y_nograd, y_grad)
+    assert not torch.allclose(y_nograd, before)  # the replacement ran
+    # putting the plain module back restores the fast path and the original outputs
+    set_module(enc, "layers.1.linear2", old)
+    assert enc.layers[1].activation_relu_or_gelu == 1
+    assert enc.use_nested_tensor is True
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), before)
+
+
+def test_read_by_parent_names_multihead_attention_children() -> None:
+    model = nn.Sequential(nn.Linear(8, 8), nn.TransformerEncoderLayer(8, 2, 16))
+    owned = read_by_parent(model)
+    assert set(owned) == {"1.self_attn.out_proj"}
+    assert "MultiheadAttention" in owned["1.self_attn.out_proj"]

@@ -629,7 +629,7 @@ def _mha_cost(
         int(module.embed_dim),
         int(module.kdim),
         int(module.vdim),
-        int(module.out_proj.out_features),
+        int(module.out_proj.weight.shape[0]),
         extra,
     )
     # effective: projections scaled by their weights' density

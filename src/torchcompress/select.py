@@ -10,6 +10,14 @@ module named exactly in ``include`` that the family cannot handle is an error na
 Replacement (:func:`replace_modules`) builds every new module first and swaps them in only when all
 were built, keeping device, dtype and train/eval mode; if anything fails, the model is left as it was.
 
+Two torch modules read their children's weights directly instead of calling them, so a replacement
+child would never run: ``nn.MultiheadAttention`` multiplies by ``out_proj.weight`` itself (families
+that replace modules skip such children, :func:`read_by_parent` names them), and
+``nn.TransformerEncoderLayer``'s fused inference fast path (eval mode under ``no_grad``) reads
+``linear1``/``linear2``/``norm1``/``norm2`` by weight. :func:`set_module` turns that fast path off for
+a layer whose children it replaces by other module types (and back on when they are plain again),
+so the replacement is what runs.
+
 Example:
     >>> import torch.nn as nn
     >>> from torchcompress.select import select_modules
@@ -37,6 +45,7 @@ __all__ = [
     "get_module",
     "matches",
     "module_device_dtype",
+    "read_by_parent",
     "replace_modules",
     "select_modules",
     "set_module",
@@ -174,8 +183,81 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
         ) from None
 
 
+def read_by_parent(model: nn.Module) -> dict[str, str]:
+    """Children whose parent multiplies by their weights directly, never calling them.
+
+    Replacing such a child by another module would change nothing in the forward (the parent keeps
+    reading the old weight), so families that replace modules leave them alone.
+
+    Returns:
+        Qualified name -> the reason, for every child of an ``nn.MultiheadAttention``.
+    """
+    out: dict[str, str] = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.MultiheadAttention):
+            for child, _ in mod.named_children():
+                full = f"{name}.{child}" if name else child
+                out[full] = (
+                    f"{full!r} belongs to the nn.MultiheadAttention {name or '(root)'!r}, which "
+                    "multiplies by its weight directly instead of calling it"
+                )
+    return out
+
+
+#: Children of nn.TransformerEncoderLayer that its fused fast path reads by weight, with the
+#: classes that path handles.
+_ENCODER_FASTPATH_CHILDREN: dict[str, type[nn.Module]] = {
+    "linear1": nn.Linear,
+    "linear2": nn.Linear,
+    "norm1": nn.LayerNorm,
+    "norm2": nn.LayerNorm,
+}
+_FASTPATH_SAVED = "_torchcompress_fastpath_activation"
+
+
+def _sync_encoder_fastpath(layer: nn.Module) -> None:
+    """Turn the fused fast path of an ``nn.TransformerEncoderLayer`` off while it holds replaced
+    children (it would read their weights and skip their forward), and back on when it does not.
+
+    The layer's fast path (and ``nn.TransformerEncoder``'s nested-tensor path) is only taken when
+    ``activation_relu_or_gelu`` is set; the slow path uses ``layer.activation`` and never reads it.
+    """
+    if not isinstance(layer, nn.TransformerEncoderLayer):
+        return
+    plain = all(
+        type(getattr(layer, child, None)) is cls
+        for child, cls in _ENCODER_FASTPATH_CHILDREN.items()
+    )
+    saved = layer.__dict__.get(_FASTPATH_SAVED)
+    if not plain and saved is None:
+        layer.__dict__[_FASTPATH_SAVED] = layer.activation_relu_or_gelu
+        layer.activation_relu_or_gelu = 0
+    elif plain and saved is not None:
+        layer.activation_relu_or_gelu = saved
+        del layer.__dict__[_FASTPATH_SAVED]
+
+
+def _sync_encoder_nested(encoder: nn.Module) -> None:
+    """``nn.TransformerEncoder`` feeds nested tensors to its layers on its own fast path (judged by
+    its first layer only); off while any of its layers has its fast path turned off."""
+    if not isinstance(encoder, nn.TransformerEncoder) or not hasattr(encoder, "use_nested_tensor"):
+        return
+    replaced = any(_FASTPATH_SAVED in layer.__dict__ for layer in encoder.layers)
+    saved = encoder.__dict__.get(_FASTPATH_SAVED)
+    if replaced and saved is None:
+        encoder.__dict__[_FASTPATH_SAVED] = encoder.use_nested_tensor
+        encoder.use_nested_tensor = False
+    elif not replaced and saved is not None:
+        encoder.use_nested_tensor = saved
+        del encoder.__dict__[_FASTPATH_SAVED]
+
+
 def set_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     """Put ``new`` at qualified ``name`` and return the module it replaced.
+
+    A parent ``nn.TransformerEncoderLayer`` whose ``linear1``/``linear2``/``norm1``/``norm2``
+    becomes another module type has its fused inference fast path turned off, so that the new
+    module really runs (see the module docstring).
 
     Raises:
         SelectionError: ``name`` is empty (the root cannot be replaced in place) or missing.
@@ -191,6 +273,9 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
         parent[child] = new
     else:
         setattr(parent, child, new)
+    _sync_encoder_fastpath(parent)
+    for prefix in dict.fromkeys([*_prefixes(parent_name), ""]):
+        _sync_encoder_nested(get_module(model, prefix))
     return old
 
 

@@ -103,14 +103,22 @@ def test_unsigned_symmetric_two_sided_uses_midpoint() -> None:
     x = torch.tensor([-2.0, 1.0, 2.0])
     s, z = QF.choose_qparams(x.min(), x.max(), 0, 255, symmetric=True)
     assert int(z) == 128
-    assert float(s) == pytest.approx(2.0 / 127.5)
+    # 128 levels below the zero point, 127 above: +2 needs the coarser step, and lands on 255
+    assert float(s) == pytest.approx(2.0 / 127)
+    q = QF.quantize(x, s, z, 0, 255)
+    assert q.tolist() == [1.0, 192.0, 255.0]  # neither end clipped
 
 
 def test_signed_symmetric_scale_uses_both_ends() -> None:
+    # the end that needs the coarser step decides: -1 -> qmin exactly
     s, z = QF.choose_qparams(torch.tensor(-1.0), torch.tensor(0.5), -128, 127, symmetric=True)
-    assert int(z) == 0 and float(s) == pytest.approx(1.0 / 127.5)
-    q = QF.quantize(torch.tensor([-1.0, 1.0]), s, z, -128, 127)
-    assert q[0] in (-128.0, -127.0) and q[1] == 127.0  # +-1 lie half a step outside the ends
+    assert int(z) == 0 and float(s) == pytest.approx(1.0 / 128)
+    assert QF.quantize(torch.tensor([-1.0, 0.5]), s, z, -128, 127).tolist() == [-128.0, 64.0]
+    # +1 -> qmax exactly, not clipped half a step (3 bits: [-4, 3])
+    s, z = QF.choose_qparams(torch.tensor(-0.5), torch.tensor(1.0), -4, 3, symmetric=True)
+    assert float(s) == pytest.approx(1.0 / 3)
+    x = torch.tensor([-0.5, 1.0])
+    assert torch.allclose(QF.fake_quantize(x, s, z, -4, 3), torch.tensor([-2 / 3, 1.0]))
 
 
 def test_zero_range_never_divides_by_zero() -> None:

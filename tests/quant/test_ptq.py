@@ -16,8 +16,9 @@ from torchcompress.errors import (
     DataError,
     NumericalError,
     SelectionError,
+    UnsupportedModuleError,
 )
-from torchcompress.quant import QuantConv1d, QuantConv2d, QuantLinear
+from torchcompress.quant import QuantConv1d, QuantConv2d, QuantLayer, QuantLinear
 from torchcompress.quant import functional as QF
 from torchcompress.quant.hardware import int8_saturates
 
@@ -66,7 +67,7 @@ def test_static_linear_simulates_the_integer_arithmetic() -> None:
         allx.min(), allx.max(), 0, 255, symmetric=False, include_zero=True
     )
     w = m.fc1.weight.detach()
-    sw = w.abs().amax(1) / 127.5
+    sw = torch.maximum(w.amax(1).clamp(min=0) / 127, (-w.amin(1)).clamp(min=0) / 128)
     wq = torch.clamp(torch.round(w / sw[:, None]), -128, 127) * sw[:, None]
     x = torch.randn(5, 8)
     xq = QF.fake_quantize(x, s_in, z_in, 0, 255)
@@ -340,3 +341,31 @@ def test_one_shot_iterator_calibration() -> None:
     batches = (torch.randn(2, 3, 8, 8) for _ in range(2))  # a generator: iterated once
     q = tc.quantize(m, tc.QuantConfig(), batches)
     assert q.quant_graph.quantizers["input_stem"].calibrated
+
+
+def test_transformer_encoder_quantizes_what_runs_and_skips_mha_out_proj() -> None:
+    """nn.TransformerEncoder: out_proj (read by its MultiheadAttention) stays float; linear1/2 are
+    quantized and really run under no_grad (the fused fast path is turned off)."""
+    torch.manual_seed(0)
+    enc = nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True), 2
+    ).eval()
+    x = torch.randn(4, 6, 32)
+    with torch.no_grad():
+        ref = enc(x)
+    q = tc.quantize(copy.deepcopy(enc), tc.QuantConfig(), calib_data=[x])
+    assert isinstance(q.layers[0].self_attn.out_proj, nn.Linear)
+    assert isinstance(q.layers[0].linear1, QuantLayer)
+    with torch.no_grad():
+        y_nograd = q(x)
+    torch.testing.assert_close(y_nograd, q(x))  # fast path off: same as the slow path
+    assert 0 < float((y_nograd - ref).norm() / ref.norm()) < 0.05
+    tc.convert(q)
+    with torch.no_grad():
+        torch.testing.assert_close(q(x), y_nograd, atol=0.05, rtol=0.0)
+    with pytest.raises(UnsupportedModuleError, match="MultiheadAttention"):
+        tc.quantize(
+            copy.deepcopy(enc),
+            tc.QuantConfig(mode="dynamic"),
+            include=["layers.0.self_attn.out_proj"],
+        )

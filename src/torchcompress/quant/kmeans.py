@@ -284,7 +284,7 @@ def kmeans_quantize(
         >>> int(m[0].weight.unique().numel()) <= 4
         True
     """
-    from .ptq import _skip_types, quantizable_types
+    from .ptq import _not_read_by_parent, _skip_types, quantizable_types
 
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
         raise ConfigError(f"kmeans_quantize: bits={bits!r} must be an int from 1 to 8.")
@@ -301,6 +301,7 @@ def kmeans_quantize(
         include,
         exclude,
         types=quantizable_types(),
+        predicate=_not_read_by_parent(model, include, "k-means quantization"),
         skip_types=_skip_types(),
         family="k-means quantization",
     )

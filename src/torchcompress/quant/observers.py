@@ -25,8 +25,8 @@ Registered observers (:data:`OBSERVERS`):
   2-bit quantized neural networks", arXiv:1807.06964): ``alpha = c1 * sqrt(E[x^2]) - c2 * E[|x|]``
   with ``(c1, c2)`` for each bit width. The paper fits the coefficients by regressing the
   MSE-optimal clipping value on the two moments over several distributions; we did the same for
-  this library's symmetric integer grid (normal, Laplace, uniform, logistic, Student-t(5) and
-  triangular distributions, 2 million samples each; :data:`SAWB_COEFFICIENTS`, refitted by
+  this library's symmetric integer grid (``scale = alpha / qmax``; normal, Laplace, uniform,
+  logistic, Student-t(5) and triangular distributions, 2 million samples each; :data:`SAWB_COEFFICIENTS`, refitted by
   ``tests/quant/test_observers.py``). Designed for weights.
 
 Add one by subclassing :class:`Observer` and registering it::
@@ -61,6 +61,7 @@ from . import functional as QF
 __all__ = [
     "OBSERVERS",
     "SAWB_COEFFICIENTS",
+    "SAWB_MAX_BITS",
     "HistogramObserver",
     "KLObserver",
     "MSEObserver",
@@ -579,16 +580,20 @@ def _kl_best_window(
     return int(torch.cat(kls).argmin())
 
 
+#: Widest format the SAWB observer clips (wider ones use min/max; see :class:`SAWBObserver`).
+SAWB_MAX_BITS = 4
+
 #: bits -> (c1, c2) of SAWB's ``alpha = c1 * sqrt(E[x^2]) - c2 * E[|x|]`` for the symmetric signed grid
-#: ``scale = alpha / (2^(b-1) - 1/2)`` (see the module docstring for how they were fitted).
+#: ``scale = alpha / (2^(b-1) - 1)`` (see the module docstring for how they were fitted: the
+#: MSE-optimal scales of the fit, re-expressed for this grid).
 SAWB_COEFFICIENTS: dict[int, tuple[float, float]] = {
-    2: (3.442, 2.347),
-    3: (7.544, 6.822),
-    4: (13.043, 13.158),
-    5: (19.606, 20.823),
-    6: (27.006, 29.512),
-    7: (35.813, 39.904),
-    8: (47.372, 53.572),
+    2: (2.295, 1.565),
+    3: (6.466, 5.847),
+    4: (12.173, 12.281),
+    5: (18.974, 20.151),
+    6: (26.577, 29.044),
+    7: (35.531, 39.590),
+    8: (47.186, 53.362),
 }
 
 
@@ -597,7 +602,12 @@ class SAWBObserver(Observer):
     """Statistics-aware weight binning (Choi et al. 2018): ``alpha = c1 sqrt(E x^2) - c2 E|x|``.
 
     Streams ``E[x^2]`` and ``E|x|`` per group; the range is the observed range clipped to
-    ``[-alpha, alpha]``. Bit widths above 8 use the plain min/max (the optimal clip is the maximum).
+    ``[-alpha, alpha]``. Used up to :data:`SAWB_MAX_BITS` (4) bits, the low-bit regime the method
+    is for; wider formats use the plain min/max. Above 4 bits the fitted coefficients grow large
+    and nearly cancel, so ``alpha`` becomes unstable for distributions outside the fit family (for
+    uniform data the 8-bit fit clips at 0.56 of the maximum, where the optimum is about the maximum;
+    depthwise filters of nine weights look like that and an 8-bit MobileNetV2 collapsed), while
+    the best clip at those widths is close to the maximum anyway.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -625,7 +635,7 @@ class SAWBObserver(Observer):
     def compute_range(self) -> tuple[Tensor, Tensor]:
         self._check()
         bits = round(math.log2(self.qmax - self.qmin + 1))
-        if bits not in SAWB_COEFFICIENTS:
+        if bits > SAWB_MAX_BITS or bits not in SAWB_COEFFICIENTS:
             return self.min_val, self.max_val  # type: ignore[return-value]
         c1, c2 = SAWB_COEFFICIENTS[bits]
         m2 = (self.sum_sq / self.count).sqrt()  # type: ignore[operator]

@@ -148,17 +148,18 @@ def _dynamic_formula(x: Tensor, act: dict[str, Any]) -> Tensor:
     lo = torch.clamp(lo, max=0.0)
     hi = torch.clamp(hi, min=0.0)
     if act["symmetric"]:
-        a = torch.maximum(-lo, hi)
         if qmin < 0:
-            s = torch.clamp(a / (span / 2), min=QF.ACT_MIN_SCALE)
+            s = torch.clamp(torch.maximum(-lo / -qmin, hi / qmax), min=QF.ACT_MIN_SCALE)
             z = torch.zeros_like(s)
         else:
             one_sided = lo >= 0
-            s = torch.where(one_sided, hi / span, a / (span / 2)).clamp(min=QF.ACT_MIN_SCALE)
+            mid = (qmin + qmax + 1) // 2
+            two_sided = torch.maximum(-lo / (mid - qmin), hi / (qmax - mid))
+            s = torch.where(one_sided, hi / span, two_sided).clamp(min=QF.ACT_MIN_SCALE)
             z = torch.where(
                 one_sided,
                 torch.full_like(s, float(qmin)),
-                torch.full_like(s, float((qmin + qmax + 1) // 2)),
+                torch.full_like(s, float(mid)),
             )
     else:
         s = torch.clamp((hi - lo) / span, min=QF.ACT_MIN_SCALE)

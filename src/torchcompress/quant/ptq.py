@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -12,9 +12,22 @@ from torch import nn
 
 from .. import io
 from ..batches import count_batches, iter_batches, run_model
-from ..errors import CalibrationError, ConfigError, DataError, NumericalError, SelectionError
+from ..errors import (
+    CalibrationError,
+    ConfigError,
+    DataError,
+    NumericalError,
+    SelectionError,
+    UnsupportedModuleError,
+)
 from ..progress import progress_bar
-from ..select import module_device_dtype, replace_modules, select_modules, snapshot_modules
+from ..select import (
+    module_device_dtype,
+    read_by_parent,
+    replace_modules,
+    select_modules,
+    snapshot_modules,
+)
 from . import functional as QF
 from .hardware import resolve_reduce_range
 from .modules import FakeQuantize, QuantConv1d, QuantConv2d, QuantLayer, QuantLinear
@@ -43,6 +56,28 @@ def quantizable_types() -> tuple[type[nn.Module], ...]:
     if hf is not None:
         types.append(hf)
     return tuple(types)
+
+
+def _not_read_by_parent(
+    model: nn.Module, include: str | Sequence[str] | None, family: str
+) -> Callable[[str, nn.Module], bool]:
+    """A selection predicate leaving out the children whose parent reads their weights directly
+    (``nn.MultiheadAttention.out_proj``): a quantized replacement would never run.
+
+    Raises:
+        UnsupportedModuleError: such a child is named exactly in ``include``.
+    """
+    owned = read_by_parent(model)
+    named = [include] if isinstance(include, str) else list(include or [])
+    for name in named:
+        if name in owned:
+            raise UnsupportedModuleError(
+                f"{owned[name]}, so a {family} replacement would never run. Remove it from include=."
+            )
+    skipped = sorted(owned)
+    if skipped:
+        log.info("%s: left in float (read by their parent): %s", family, ", ".join(skipped))
+    return lambda name, _module: name not in owned
 
 
 def _skip_types() -> tuple[type[nn.Module], ...]:
@@ -355,6 +390,7 @@ def quantize(
         include,
         exclude,
         types=quantizable_types(),
+        predicate=_not_read_by_parent(model, include, "quantization"),
         skip_types=_skip_types(),
         family="quantization",
     )

@@ -29,8 +29,8 @@ class IntSpec(Config):
     The integer range is the full range of the bit width: ``[-2^(b-1), 2^(b-1) - 1]`` when signed,
     ``[0, 2^b - 1]`` when unsigned. How a real range ``[lo, hi]`` maps onto it:
 
-    - symmetric, signed: ``zero_point = 0``, ``scale = max(|lo|, |hi|) / ((qmax - qmin) / 2)``, so
-      ``±max|x|`` land on the two ends of the integer range (every level is used);
+    - symmetric, signed: ``zero_point = 0``, ``scale = max(|lo| / -qmin, hi / qmax)``, the finest
+      step that clips neither end (``-max|x|`` lands on ``qmin`` or ``+max|x|`` on ``qmax``);
     - symmetric, unsigned: for one-sided data (``lo >= 0``, e.g. after a ReLU) ``zero_point = 0``
       and ``scale = hi / qmax``, so ``[0, hi]`` uses all ``2^b`` levels; for two-sided data the zero
       point sits in the middle of the range (``2^(b-1)``);
