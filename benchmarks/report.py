@@ -20,12 +20,37 @@ these machines are shared and noisy. Ratios below 1.00x are faster (or smaller) 
 """
 
 
+#: Reading order (foundation first, then each family); result files not listed follow, sorted.
+ORDER = [
+    "profile_counters",
+    "fusion_latency",
+    "train_loop",
+    "quant_minilm",
+    "quant_cnn",
+    "qat_cnn",
+    "prune_minilm",
+    "prune_cnn",
+    "lowrank_minilm",
+    "lowrank_cnn",
+]
+
+
+def _anchor(title: str) -> str:
+    keep = "".join(c for c in title.lower() if c.isalnum() or c in " -_")
+    return keep.strip().replace(" ", "-")
+
+
 def main() -> None:
-    parts = [PREAMBLE]
-    for path in sorted(RESULTS.glob("*.md")):
-        parts.append(path.read_text().rstrip() + "\n")
+    files = {p.stem: p for p in RESULTS.glob("*.md")}
+    names = [n for n in ORDER if n in files] + sorted(set(files) - set(ORDER))
+    texts = [files[n].read_text().rstrip() + "\n" for n in names]
+    toc = []
+    for text in texts:
+        title = text.splitlines()[0].lstrip("#").strip()
+        toc.append(f"- [{title}](#{_anchor(title)})")
+    parts = [PREAMBLE, "\n".join(toc) + "\n", *texts]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(parts))
-    print(f"wrote {ROOT / 'BENCHMARKS.md'} from {len(parts) - 1} result files")
+    print(f"wrote {ROOT / 'BENCHMARKS.md'} from {len(texts)} result files")
 
 
 if __name__ == "__main__":
