@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import sys
 import time
 import warnings
@@ -34,6 +35,7 @@ from torch import nn
 
 import torchcompress as tc
 from benchmarks.harness import Report, time_variants
+from torchcompress.errors import NumericalError
 from torchcompress.quant import IntSpec, QuantConfig
 from torchcompress.quant import qat as Q
 
@@ -43,6 +45,11 @@ BITS = (8, 4, 2)
 METHODS = ("ste", "lsq", "pact")
 LR_FP, LR_QAT = 0.05, 0.01
 IMAGE = 16  # digits are 8x8: 16x16 keeps every model's geometry and the full run under ~20 min
+
+
+def _score(acc: float) -> float:
+    """Accuracy for ranking, a diverged run (NaN) last."""
+    return -1.0 if math.isnan(acc) else acc
 
 
 def _progress(msg: str) -> None:
@@ -192,7 +199,19 @@ def run(quick: bool) -> Report:
             for method in METHODS:
                 tc.seed_everything(0)
                 _progress(f"{name} W{bits}A{bits} {method}")
-                m = train_qat(qat_model(fp, method, bits, calib), method, train, qat_epochs)
+                try:
+                    m = train_qat(qat_model(fp, method, bits, calib), method, train, qat_epochs)
+                except NumericalError as e:  # training diverged: record it, keep going
+                    accs[(method, bits)] = float("nan")
+                    rows.append(
+                        {
+                            "variant": f"W{bits}A{bits} QAT {method.upper()}",
+                            "accuracy": "diverged",
+                            "int": "",
+                            "vs fp32": f"training stopped: {str(e).split(';')[0]}",
+                        }
+                    )
+                    continue
                 acc = tc.evaluate(m, test)["accuracy"]
                 int_acc = tc.evaluate(tc.convert(m), test)["accuracy"]
                 accs[(method, bits)] = acc
@@ -226,8 +245,12 @@ def run(quick: bool) -> Report:
             caption=f"**{name}**{f' ({opts})' if opts else ''} (fp32 training: {fp_time:.0f} s)",
         )
         for low in sorted({4, min(bits_list)} & set(bits_list)):
-            best = max(METHODS, key=lambda mth: accs[(mth, low)])
-            each = ", ".join(f"{mth.upper()} {accs[(mth, low)]:.3f}" for mth in METHODS)
+            best = max(METHODS, key=lambda mth: _score(accs[(mth, low)]))
+            each = ", ".join(
+                f"{mth.upper()} "
+                + ("diverged" if math.isnan(accs[(mth, low)]) else f"{accs[(mth, low)]:.3f}")
+                for mth in METHODS
+            )
             summary.append(
                 f"{name}: at W{low}A{low} PTQ scores {accs[('ptq', low)]:.3f} against fp32 "
                 f"{fp_acc:.3f}; QAT: {each} (best {best.upper()}, "
