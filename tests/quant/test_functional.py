@@ -119,6 +119,9 @@ def test_signed_symmetric_scale_uses_both_ends() -> None:
     assert float(s) == pytest.approx(1.0 / 3)
     x = torch.tensor([-0.5, 1.0])
     assert torch.allclose(QF.fake_quantize(x, s, z, -4, 3), torch.tensor([-2 / 3, 1.0]))
+    # 2 bits ([-2, 1]): one level above zero; the step keeps all four levels (|x|max / 1.5)
+    s, z = QF.choose_qparams(torch.tensor(-1.0), torch.tensor(1.0), -2, 1, symmetric=True)
+    assert float(s) == pytest.approx(1.0 / 1.5)
 
 
 def test_zero_range_never_divides_by_zero() -> None:

@@ -219,7 +219,7 @@ def test_sawb_coefficients_refit() -> None:
     rows = []
     for x in dists:
         grid = torch.linspace(0.5, 3.0, 126, dtype=torch.float64)
-        s = grid / 1.0  # alpha -> scale alpha / qmax (qmax = 1 at 2 bits)
+        s = grid / 1.5  # alpha -> scale: 2-bit keeps its four levels (functional.symmetric_scale)
         q = torch.clamp(torch.round(x[None] / s[:, None]), -2, 1)
         err = ((q * s[:, None] - x[None]) ** 2).mean(1)
         rows.append((float(grid[err.argmin()]), float(x.abs().mean())))

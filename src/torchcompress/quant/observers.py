@@ -587,7 +587,7 @@ SAWB_MAX_BITS = 4
 #: ``scale = alpha / (2^(b-1) - 1)`` (see the module docstring for how they were fitted: the
 #: MSE-optimal scales of the fit, re-expressed for this grid).
 SAWB_COEFFICIENTS: dict[int, tuple[float, float]] = {
-    2: (2.295, 1.565),
+    2: (3.442, 2.347),  # 2-bit: scale = alpha / 1.5 (see functional.symmetric_scale)
     3: (6.466, 5.847),
     4: (12.173, 12.281),
     5: (18.974, 20.151),

@@ -149,12 +149,12 @@ def _dynamic_formula(x: Tensor, act: dict[str, Any]) -> Tensor:
     hi = torch.clamp(hi, min=0.0)
     if act["symmetric"]:
         if qmin < 0:
-            s = torch.clamp(torch.maximum(-lo / -qmin, hi / qmax), min=QF.ACT_MIN_SCALE)
+            s = torch.clamp(QF.symmetric_scale(lo, hi, -qmin, qmax), min=QF.ACT_MIN_SCALE)
             z = torch.zeros_like(s)
         else:
             one_sided = lo >= 0
             mid = (qmin + qmax + 1) // 2
-            two_sided = torch.maximum(-lo / (mid - qmin), hi / (qmax - mid))
+            two_sided = QF.symmetric_scale(lo, hi, mid - qmin, qmax - mid)
             s = torch.where(one_sided, hi / span, two_sided).clamp(min=QF.ACT_MIN_SCALE)
             z = torch.where(
                 one_sided,
