@@ -169,12 +169,13 @@ def run_demo(
             }
         )
     say("")
+    w = max(len("variant"), *(len(r["variant"]) for r in rows))
     say(
-        f"{'variant':52s} {'test acc':>8s} {'size':>10s} {'MACs':>9s} {'eff. MACs':>9s} {'latency':>8s}"
+        f"{'variant':{w}s} {'test acc':>8s} {'size':>10s} {'MACs':>9s} {'eff. MACs':>9s} {'latency':>8s}"
     )
     for r in rows:
         say(
-            f"{r['variant']:52s} {100 * r['accuracy']:7.1f}% {r['bytes'] / 1024:8.0f}KB "
+            f"{r['variant']:{w}s} {100 * r['accuracy']:7.1f}% {r['bytes'] / 1024:8.0f}KB "
             f"{r['macs'] / 1e6:8.1f}M {r['effective_macs'] / 1e6:8.1f}M {r['latency']:7.2f}x"
         )
     say("")
