@@ -9,7 +9,7 @@ it modifies the model in place and returns it, so calls chain::
 
     import torchcompress as tc
     model = tc.fuse(model)
-    print(tc.profile(model, torch.randn(1, 3, 32, 32)))
+    report = tc.profile(model, torch.randn(1, 3, 32, 32))  # a table as str(); .to_dict()
 
 Importing the package is light: the families are imported on first use (and nothing initialises
 CUDA).

@@ -12,8 +12,9 @@ Example:
     >>> try:
     ...     tc.errors.check_choice("mode", "fast", ("static", "dynamic"))
     ... except ValueError as e:
-    ...     print(e)
-    mode='fast' is not one of: 'static', 'dynamic'.
+    ...     message = str(e)
+    >>> message
+    "mode='fast' is not one of: 'static', 'dynamic'."
 """
 
 from __future__ import annotations

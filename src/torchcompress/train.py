@@ -262,9 +262,11 @@ class Callback:
     ``state.metrics`` is fresh. Set ``state.stop_training = True`` to stop early.
 
     Example:
-        >>> class PrintLoss(Callback):
+        >>> import logging
+        >>> class LogLoss(Callback):
         ...     def on_epoch_end(self, state):
-        ...         print(state.epoch, round(state.history[-1]["train_loss"], 2))
+        ...         loss = state.history[-1]["train_loss"]
+        ...         logging.getLogger("train").info("epoch %d: loss %.2f", state.epoch, loss)
     """
 
     def on_train_begin(self, state: TrainState) -> None:

@@ -2,8 +2,8 @@
 
 :func:`~torchcompress.factorize` stores a :class:`LowRankReport` on the model;
 :func:`lowrank_report` returns it (or, for a model without one, e.g. after :func:`torchcompress.load`,
-a report rebuilt from the factorized layers it holds, without the energies). ``print(report)``
-shows the table.
+a report rebuilt from the factorized layers it holds, without the energies). ``str(report)``
+is the table.
 """
 
 from __future__ import annotations
