@@ -21,7 +21,7 @@ from ..errors import (
     UnsupportedModuleError,
 )
 from ..progress import progress_bar
-from ..select import replace_modules, select_modules
+from ..select import read_by_parent, replace_modules, select_modules
 from . import functional as F
 from .allocation import allocate
 from .calibration import LayerStats, collect_stats
@@ -58,16 +58,6 @@ def _as_config(config: LowRankConfig | dict[str, Any] | None) -> LowRankConfig:
     )
 
 
-def _mha_children(model: nn.Module) -> set[str]:
-    """Names of Linears owned by nn.MultiheadAttention, which reads their weights directly."""
-    out: set[str] = set()
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.MultiheadAttention):
-            for child, _ in mod.named_children():
-                out.add(f"{name}.{child}" if name else child)
-    return out
-
-
 def _tied_weights(model: nn.Module) -> dict[int, list[str]]:
     owners: dict[int, list[str]] = {}
     for name, mod in model.named_modules():
@@ -79,7 +69,7 @@ def _tied_weights(model: nn.Module) -> dict[int, list[str]]:
 def _select_dense(
     model: nn.Module, include: Patterns, exclude: Patterns
 ) -> list[tuple[str, nn.Module]]:
-    mha = _mha_children(model)
+    mha = set(read_by_parent(model))
     inc = [include] if isinstance(include, str) else list(include or [])
     for name in mha:
         if name in inc:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, DependencyError, SelectionError, check_range
 from ..registry import Registry
-from ..select import select_modules
+from ..select import read_by_parent, select_modules
 from . import functional as F
 from .config import LowRankConfig
 from .modules import LowRankModule, geometry, supported_dense_types
@@ -116,10 +116,8 @@ def singular_values(module: nn.Module) -> Tensor:
 
 def _targets(model: nn.Module, include: Patterns, exclude: Patterns) -> list[tuple[str, nn.Module]]:
     """Dense Linear/Conv layers and factorized layers (not the factors inside them)."""
-    from .factorizing import _mha_children
-
     lowrank = [n for n, m in model.named_modules() if isinstance(m, LowRankModule)]
-    mha = _mha_children(model)
+    mha = set(read_by_parent(model))
     dense = supported_dense_types()
 
     def ok(name: str, mod: nn.Module) -> bool:

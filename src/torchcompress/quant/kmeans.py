@@ -21,7 +21,7 @@ from .. import io
 from ..batches import iter_batches, run_model
 from ..errors import ConfigError, DataError, NumericalError, SelectionError
 from ..progress import progress_bar
-from ..select import module_device_dtype, replace_modules, select_modules, snapshot_modules
+from ..select import module_device_dtype, replace_modules, snapshot_modules
 from . import functional as QF
 
 __all__ = ["KMeansLayer", "kmeans_1d", "kmeans_quantize"]
@@ -284,7 +284,7 @@ def kmeans_quantize(
         >>> int(m[0].weight.unique().numel()) <= 4
         True
     """
-    from .ptq import _not_read_by_parent, _skip_types, quantizable_types
+    from .ptq import select_quant_targets
 
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
         raise ConfigError(f"kmeans_quantize: bits={bits!r} must be an int from 1 to 8.")
@@ -296,15 +296,7 @@ def kmeans_quantize(
         raise DataError(
             "weighted='activation' weighs each weight by its input's E[x^2]: pass calib_data."
         )
-    targets = select_modules(
-        model,
-        include,
-        exclude,
-        types=quantizable_types(),
-        predicate=_not_read_by_parent(model, include, "k-means quantization"),
-        skip_types=_skip_types(),
-        family="k-means quantization",
-    )
+    targets = select_quant_targets(model, include, exclude, "k-means quantization")
     if not targets:
         raise SelectionError(f"{type(model).__name__} has no layer for k-means quantization.")
     names = [n for n, _ in targets]

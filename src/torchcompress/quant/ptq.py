@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -78,6 +79,39 @@ def _not_read_by_parent(
     if skipped:
         log.info("%s: left in float (read by their parent): %s", family, ", ".join(skipped))
     return lambda name, _module: name not in owned
+
+
+def select_quant_targets(
+    model: nn.Module, include: str | Sequence[str] | None, exclude: Any, family: str
+) -> list[tuple[str, nn.Module]]:
+    """The layers a quantization verb (``quantize``, ``prepare_qat``, ``kmeans_quantize``) replaces.
+
+    Linear, Conv1d, Conv2d and HF Conv1D picked by ``include``/``exclude``, leaving out layers
+    that are already quantized and children whose parent reads their weights directly.
+    """
+    return select_modules(
+        model,
+        include,
+        exclude,
+        types=quantizable_types(),
+        predicate=_not_read_by_parent(model, include, family),
+        skip_types=_skip_types(),
+        family=family,
+    )
+
+
+@contextlib.contextmanager
+def forward_restored_on_error(model: nn.Module) -> Iterator[None]:
+    """Put back the model's instance-level ``forward`` (graph mode binds one) if the block fails."""
+    bound = model.__dict__.get("forward")
+    try:
+        yield
+    except BaseException:
+        if bound is None:
+            model.__dict__.pop("forward", None)
+        else:
+            model.__dict__["forward"] = bound
+        raise
 
 
 def _skip_types() -> tuple[type[nn.Module], ...]:
@@ -385,15 +419,7 @@ def quantize(
             "DataLoader, or a list of batches), or use mode='dynamic' or activation=None "
             "(weight-only)."
         )
-    targets = select_modules(
-        model,
-        include,
-        exclude,
-        types=quantizable_types(),
-        predicate=_not_read_by_parent(model, include, "quantization"),
-        skip_types=_skip_types(),
-        family="quantization",
-    )
+    targets = select_quant_targets(model, include, exclude, "quantization")
     if not targets:
         raise SelectionError(
             f"{type(model).__name__} has no layer to quantize (Linear, Conv1d, Conv2d or HF Conv1D"
@@ -403,8 +429,7 @@ def quantize(
     device, _ = module_device_dtype(model)
     reduce = resolve_reduce_range(config.reduce_range, device)
     use_graph = static and graph == "auto"
-    bound = model.__dict__.get("forward")
-    try:
+    with forward_restored_on_error(model):
         _quantize(
             model,
             config,
@@ -418,12 +443,6 @@ def quantize(
             progress,
             fuse_residual,
         )
-    except BaseException:
-        if bound is None:
-            model.__dict__.pop("forward", None)
-        else:
-            model.__dict__["forward"] = bound
-        raise
     io.add_history(
         model,
         "quantize",

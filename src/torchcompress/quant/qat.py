@@ -35,7 +35,6 @@ from ..errors import CompressionStateError, ConfigError, DataError, SelectionErr
 from ..select import (
     module_device_dtype,
     replace_modules,
-    select_modules,
     set_module,
     snapshot_modules,
 )
@@ -43,7 +42,13 @@ from ..train import Callback, TrainState
 from . import functional as QF
 from .hardware import resolve_reduce_range
 from .modules import FakeQuantize, QuantConv1d, QuantConv2d, QuantLayer
-from .ptq import _ranges, _skip_types, build_quant_layer, calibrate, quantizable_types
+from .ptq import (
+    _ranges,
+    build_quant_layer,
+    calibrate,
+    forward_restored_on_error,
+    select_quant_targets,
+)
 from .qat_modules import (
     LSQQuantize,
     PACTQuantize,
@@ -467,14 +472,7 @@ def prepare_qat(
         OBSERVERS.get(observer)
     act_observer = observer or (config.observer if config.observer != "minmax" else "moving_minmax")
 
-    targets = select_modules(
-        model,
-        include,
-        exclude,
-        types=quantizable_types(),
-        skip_types=_skip_types(),
-        family="quantization",
-    )
+    targets = select_quant_targets(model, include, exclude, "quantization")
     if not targets:
         raise SelectionError(
             f"{type(model).__name__} has no layer to quantize (Linear, Conv1d, Conv2d or HF Conv1D"
@@ -483,7 +481,6 @@ def prepare_qat(
     device, _ = module_device_dtype(model)
     reduce = resolve_reduce_range(config.reduce_range, device)
     static = act is not None and not dynamic
-    bound = model.__dict__.get("forward")
     opts = {
         "method": method,
         "act_observer": act_observer,
@@ -491,27 +488,20 @@ def prepare_qat(
         "pact_alpha": float(pact_alpha),
         "pact_fallback": pact_fallback,
     }
-    try:
-        with snapshot_modules(model):
-            pairs = _prepare(
-                model,
-                config,
-                calib_data,
-                targets,
-                static and graph == "auto",
-                fold_bn,
-                reduce,
-                max_batches,
-                progress,
-                fuse_residual,
-                opts,
-            )
-    except BaseException:
-        if bound is None:
-            model.__dict__.pop("forward", None)
-        else:
-            model.__dict__["forward"] = bound
-        raise
+    with forward_restored_on_error(model), snapshot_modules(model):
+        pairs = _prepare(
+            model,
+            config,
+            calib_data,
+            targets,
+            static and graph == "auto",
+            fold_bn,
+            reduce,
+            max_batches,
+            progress,
+            fuse_residual,
+            opts,
+        )
     io.add_history(
         model,
         "prepare_qat",
