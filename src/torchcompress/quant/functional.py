@@ -24,6 +24,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -302,6 +304,25 @@ def expand_qparams(p: Tensor, granularity: str) -> Tensor:
     return p.unsqueeze(-1)
 
 
+def _per_weight_group(
+    fn: Callable[..., Tensor],
+    w2d: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    granularity: str,
+    group_size: int | None,
+    *args: int,
+) -> Tensor:
+    """``fn(w, s, z, *args)`` on a ``[rows, cols]`` weight with tensor/channel/group parameters."""
+    rows, cols = w2d.shape
+    s = expand_qparams(scale, granularity)
+    z = expand_qparams(zero_point, granularity)
+    if granularity == "group":
+        g = w2d.reshape(rows, cols // group_size, group_size)  # type: ignore[operator]
+        return fn(g, s, z, *args).reshape(rows, cols)
+    return fn(w2d, s, z, *args)
+
+
 def fake_quantize_weight(
     w2d: Tensor,
     scale: Tensor,
@@ -312,13 +333,9 @@ def fake_quantize_weight(
     group_size: int | None = None,
 ) -> Tensor:
     """:func:`fake_quantize` of a ``[rows, cols]`` weight with tensor/channel/group scales."""
-    rows, cols = w2d.shape
-    s = expand_qparams(scale, granularity)
-    z = expand_qparams(zero_point, granularity)
-    if granularity == "group":
-        g = w2d.reshape(rows, cols // group_size, group_size)  # type: ignore[operator]
-        return fake_quantize(g, s, z, qmin, qmax).reshape(rows, cols)
-    return fake_quantize(w2d, s, z, qmin, qmax)
+    return _per_weight_group(
+        fake_quantize, w2d, scale, zero_point, granularity, group_size, qmin, qmax
+    )
 
 
 def quantize_weight(
@@ -331,26 +348,14 @@ def quantize_weight(
     group_size: int | None = None,
 ) -> Tensor:
     """:func:`quantize` of a ``[rows, cols]`` weight (float32 integer values, same shape)."""
-    rows, cols = w2d.shape
-    s = expand_qparams(scale, granularity)
-    z = expand_qparams(zero_point, granularity)
-    if granularity == "group":
-        g = w2d.reshape(rows, cols // group_size, group_size)  # type: ignore[operator]
-        return quantize(g, s, z, qmin, qmax).reshape(rows, cols)
-    return quantize(w2d, s, z, qmin, qmax)
+    return _per_weight_group(quantize, w2d, scale, zero_point, granularity, group_size, qmin, qmax)
 
 
 def dequantize_weight(
     q2d: Tensor, scale: Tensor, zero_point: Tensor, granularity: str, group_size: int | None = None
 ) -> Tensor:
     """:func:`dequantize` of a ``[rows, cols]`` integer weight."""
-    rows, cols = q2d.shape
-    s = expand_qparams(scale, granularity)
-    z = expand_qparams(zero_point, granularity)
-    if granularity == "group":
-        g = q2d.reshape(rows, cols // group_size, group_size)  # type: ignore[operator]
-        return dequantize(g, s, z).reshape(rows, cols)
-    return dequantize(q2d, s, z)
+    return _per_weight_group(dequantize, q2d, scale, zero_point, granularity, group_size)
 
 
 def token_qparams(x: Tensor, qmin: int, qmax: int, *, symmetric: bool) -> tuple[Tensor, Tensor]:
