@@ -41,12 +41,10 @@ PENDING: set[str] = {
     "cycle: torchcompress.quant.converting <-> torchcompress.quant.graph"
     " <-> torchcompress.quant.kernels <-> torchcompress.quant.kmeans <-> torchcompress.quant.ptq"
     " <-> torchcompress.quant.qat",
-    "size: torchcompress.data",
     "size: torchcompress.fusion",
     "size: torchcompress.profiling",
     "size: torchcompress.quant.converting",
     "size: torchcompress.quant.qat",
-    "size: torchcompress.train",
     "tracers",
     "recorders",
     "hooks: torchcompress.quant.kmeans",
