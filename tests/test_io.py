@@ -235,17 +235,12 @@ def test_file_records_the_module_of_each_codec(tmp_path):
 
 
 def test_load_imports_only_the_family_the_file_names(tmp_path):
+    torch.manual_seed(0)
+    m = tc.prune(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), tc.PruneConfig(0.5))
     path = tmp_path / "m.safetensors"
-    _run(
-        "import torch, torchcompress as tc\n"
-        "from torch import nn\n"
-        "torch.manual_seed(0)\n"
-        "m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))\n"
-        "tc.prune(m, tc.PruneConfig(0.5))\n"
-        f"tc.save(m, {str(path)!r})\n"
-        f"torch.save(m(torch.ones(2, 4)).detach(), {str(tmp_path / 'y.pt')!r})\n"
-    )
-    out = _run(
+    tc.save(m, path)
+    torch.save(m(torch.ones(2, 4)).detach(), tmp_path / "y.pt")
+    out = _run(  # a fresh interpreter, where no family is imported yet
         "import sys, torch, torchcompress as tc\n"
         "from torch import nn\n"
         "m = tc.load(" + repr(str(path)) + ", nn.Sequential(nn.Linear(4, 4), nn.ReLU(), "

@@ -53,6 +53,7 @@ def test_legacy_file_loads_and_gives_the_recorded_outputs(name: str) -> None:
     _check(name)
 
 
+@pytest.mark.slow
 def test_legacy_files_load_in_a_fresh_interpreter() -> None:
     """No family imported beforehand: the loader finds every codec without being told."""
     code = (
