@@ -301,3 +301,26 @@ def test_labels_out_of_range_on_cuda_are_a_data_error_not_a_device_assert():
     r_cpu = tc.evaluate(copy.deepcopy(model).cpu(), tiny_data())
     assert r_gpu["accuracy"] == r_cpu["accuracy"]
     assert r_gpu["loss"] == pytest.approx(r_cpu["loss"], rel=1e-4)
+
+
+def test_labels_out_of_range_where_the_loss_cannot_check_them(monkeypatch):
+    """Off the CPU the cross-entropy would hit a device-side assertion: the bad labels are left out
+    and counted, and the error comes once the loop synchronises (simulated here on CPU)."""
+    from torchcompress.train import losses
+
+    monkeypatch.setattr(losses, "_checks_its_labels", lambda device: False)
+    model = mlp()
+    bad = (torch.randn(8, 5), torch.tensor([0, 1, 2, 3, 7, 0, 1, 2]))
+    with pytest.raises(DataError, match=r"Batch 1 of data has the label 7, .* 4 classes"):
+        tc.evaluate(model, [tiny_data()[0], bad, tiny_data()[1]])
+    with pytest.raises(DataError, match=r"Batch 1 of data has the label 7, .* 4 classes"):
+        tc.finetune(model, [tiny_data()[0], bad], progress=False)
+    negative = (torch.randn(8, 5), torch.tensor([0, 1, -5, 3, -100, 0, 1, 2]))
+    with pytest.raises(DataError, match=r"Batch 0 of data has the label -5"):
+        tc.evaluate(model, [negative])
+    # good labels: the same numbers as the plain path
+    monkeypatch.undo()
+    plain = tc.evaluate(model, tiny_data())
+    monkeypatch.setattr(losses, "_checks_its_labels", lambda device: False)
+    deferred = tc.evaluate(model, tiny_data())
+    assert deferred == plain

@@ -189,6 +189,11 @@ class LabelCheck(NamedTuple):
         return label_error(where, int(self.label), self.classes)
 
 
+def _checks_its_labels(device: torch.device) -> bool:
+    """Whether the cross-entropy on ``device`` raises a catchable error for a bad label."""
+    return device.type == "cpu"
+
+
 def _bad_labels(labels: torch.Tensor, classes: int) -> torch.Tensor:
     return (labels >= classes) | ((labels < 0) & (labels != IGNORE_INDEX))
 
@@ -202,7 +207,7 @@ def cross_entropy(
     range raises the :class:`DataError` naming ``where`` at once).
     """
     classes = scores.shape[-1]
-    if labels.device.type == "cpu":
+    if _checks_its_labels(labels.device):
         try:
             loss = F.cross_entropy(
                 scores.float(), labels, ignore_index=IGNORE_INDEX, reduction=reduction
