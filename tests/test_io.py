@@ -203,3 +203,89 @@ def test_custom_codec_rebuilds_a_family_module(tmp_path):
     assert torch.equal(m(x), fresh(x))
     spec = io.describe(path)["modules"]
     assert {"name": "0", "codec": "test-scaled", "spec": codec.encode(m[0])} in spec
+
+
+# --- finding the codecs: data-driven, io names no family --------------------------------------
+
+
+def _run(code: str) -> str:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_file_records_the_module_of_each_codec(tmp_path):
+    m = tc.prune(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), tc.PruneConfig(0.5))
+    path = tmp_path / "m.safetensors"
+    tc.save(m, path)
+    providers = io.describe(path)["codec_modules"]
+    codecs = {r["codec"] for r in io.describe(path)["modules"]}
+    assert set(providers) == codecs
+    for name, module in providers.items():
+        assert any(c.name == name and type(c).__module__ == module for c in io._CODECS)
+
+
+def test_load_imports_only_the_family_the_file_names(tmp_path):
+    torch.manual_seed(0)
+    m = tc.prune(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), tc.PruneConfig(0.5))
+    path = tmp_path / "m.safetensors"
+    tc.save(m, path)
+    torch.save(m(torch.ones(2, 4)).detach(), tmp_path / "y.pt")
+    out = _run(  # a fresh interpreter, where no family is imported yet
+        "import sys, torch, torchcompress as tc\n"
+        "from torch import nn\n"
+        "m = tc.load(" + repr(str(path)) + ", nn.Sequential(nn.Linear(4, 4), nn.ReLU(), "
+        "nn.Linear(4, 2)))\n"
+        f"assert torch.equal(m(torch.ones(2, 4)), torch.load({str(tmp_path / 'y.pt')!r}))\n"
+        "print(sorted(f for f in ('quant', 'sparsity', 'lowrank') "
+        "if 'torchcompress.' + f in sys.modules))\n"
+    )
+    assert out.strip().splitlines()[-1] == "['sparsity']"
+
+
+def test_a_file_cannot_make_load_import_a_foreign_module(tmp_path):
+    import sys
+
+    path = tmp_path / "m.safetensors"
+    tc.save(nn.Sequential(nn.Linear(2, 2)), path)
+    desc = io.describe(path)
+    desc["modules"] = [{"name": "0", "codec": "no-such-codec", "spec": {}}]
+    desc["codec_modules"] = {"no-such-codec": "tabnanny"}
+    save_file(
+        {"0.weight": torch.zeros(2, 2), "0.bias": torch.zeros(2)},
+        str(path),
+        metadata={"torchcompress": json.dumps(desc)},
+    )
+    assert "tabnanny" not in sys.modules
+    with pytest.raises(CompressionStateError, match=r"'no-such-codec'.*'tabnanny'"):
+        tc.load(path, nn.Sequential(nn.Linear(2, 2)))
+    assert "tabnanny" not in sys.modules
+
+
+def test_a_moved_codec_module_falls_back_to_the_scan(tmp_path):
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    m = tc.prune(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), tc.PruneConfig(0.5))
+    path = tmp_path / "m.safetensors"
+    tc.save(m, path)
+    desc = io.describe(path)
+    desc["codec_modules"] = dict.fromkeys(desc["codec_modules"], "torchcompress.sparsity.moved")
+    save_file(load_file(str(path)), str(path), metadata={"torchcompress": json.dumps(desc)})
+    torch.save(m(torch.ones(2, 4)).detach(), tmp_path / "y.pt")
+    _run(  # a fresh interpreter, where no family is imported yet
+        "import torch, torchcompress as tc\n"
+        "from torch import nn\n"
+        "m = tc.load(" + repr(str(path)) + ", nn.Sequential(nn.Linear(4, 4), nn.ReLU(), "
+        "nn.Linear(4, 2)))\n"
+        f"assert torch.equal(m(torch.ones(2, 4)), torch.load({str(tmp_path / 'y.pt')!r}))\n"
+    )

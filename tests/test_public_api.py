@@ -49,3 +49,24 @@ def test_import_is_light() -> None:
 def test_unknown_attribute_is_attribute_error() -> None:
     with pytest.raises(AttributeError):
         _ = tc.no_such_verb  # type: ignore[attr-defined]
+
+
+def test_hasattr_is_false_for_names_not_built_yet(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the planned surface: a submodule and a verb whose modules do not exist (yet)
+    monkeypatch.setattr(tc, "_SUBMODULES", (*tc._SUBMODULES, "not_built_yet"))
+    monkeypatch.setattr(tc, "_EXPORTS", {**tc._EXPORTS, "planned": "torchcompress.not_built_yet"})
+    for name in ("not_built_yet", "planned", "no_such_name"):
+        assert hasattr(tc, name) is False
+        with pytest.raises(AttributeError, match=r"not built yet|no attribute"):
+            getattr(tc, name)
+    import importlib.util
+
+    for name in tc._SUBMODULES:  # distill, today
+        built = importlib.util.find_spec(f"torchcompress.{name}") is not None
+        assert hasattr(tc, name) is built
+        assert (name in tc.__all__) is built and (name in dir(tc)) is built
+
+
+def test_dir_and_all_list_only_what_exists() -> None:
+    for name in [*tc.__all__, *dir(tc)]:
+        assert hasattr(tc, name), name

@@ -96,7 +96,12 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     if name in _SUBMODULES:
-        value = importlib.import_module(f"torchcompress.{name}")
+        module = f"torchcompress.{name}"
+        if not _available(module):  # planned, not built yet: hasattr() is False, never an error
+            raise AttributeError(
+                f"torchcompress.{name} is part of the planned surface but is not built yet."
+            )
+        value = importlib.import_module(module)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'torchcompress' has no attribute {name!r}")
@@ -113,7 +118,7 @@ __all__ = (
 )
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from . import data, distill, errors, models  # noqa: F401
+    from . import data, errors, models  # noqa: F401
     from .fusion import fuse  # noqa: F401
     from .io import load, save  # noqa: F401
     from .profiling import Profile, profile  # noqa: F401

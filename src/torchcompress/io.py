@@ -9,7 +9,10 @@ Nothing is unpickled, so loading a file cannot run code.
 
 Families make their modules loadable by registering a :class:`ModuleCodec`; plain layers (Linear,
 Conv, BatchNorm, LayerNorm, Embedding) have built-in codecs, so a structurally pruned model whose
-layers shrank loads too.
+layers shrank loads too. The file names the module that defines each codec, and :func:`load`
+imports it when the codec is not registered yet (only modules of this package, or of codecs already
+registered); for files that predate that record, the package's subpackages with a ``codecs`` module
+are imported. This module never names a family.
 
 Example:
     >>> import tempfile, os, torch
@@ -26,9 +29,12 @@ Example:
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import logging
 import os
+import pkgutil
 from typing import Any
 
 import torch
@@ -57,6 +63,7 @@ FORMAT = "torchcompress"
 FORMAT_VERSION = 1
 _HISTORY_ATTR = "_torchcompress_history"
 _PATCH_ATTR = "_torchcompress_attributes"
+_PACKAGE = __name__.rpartition(".")[0]  # this package; the codec providers live below it
 
 
 class ModuleCodec:
@@ -116,18 +123,49 @@ def register_codec(codec: ModuleCodec) -> ModuleCodec:
     return codec
 
 
-def _codec_by_name(name: str) -> ModuleCodec:
+def _registered(name: str) -> ModuleCodec | None:
     for c in _CODECS:
         if c.name == name:
             return c
-    _ensure_family_codecs()
-    for c in _CODECS:
-        if c.name == name:
-            return c
-    raise CompressionStateError(
-        f"The file needs the module codec {name!r}, which is not registered. Import the torchcompress "
-        "family that made it (or the plug-in that registered it) before loading."
+    return None
+
+
+def _codec_by_name(name: str, module: str | None = None) -> ModuleCodec:
+    """The codec called ``name``, importing what provides it when it is not registered yet.
+
+    ``module`` is the module the file says defines the codec (files written since the format
+    recorded it); it is imported only when it lies inside this package or already provides a
+    registered codec, so a file cannot make :func:`load` import arbitrary code. Without it (older
+    files), or when that module has moved, the package's codec providers are imported.
+    """
+    codec = _registered(name)
+    if codec is not None:
+        return codec
+    if module and _may_import(module):
+        try:
+            importlib.import_module(module)
+        except ImportError as e:  # moved or renamed since the file was written
+            log.debug("could not import %s, named for codec %r: %s", module, name, e)
+        codec = _registered(name)
+        if codec is not None:
+            return codec
+    _import_codec_providers()
+    codec = _registered(name)
+    if codec is not None:
+        return codec
+    where = (
+        f" The file says it is defined in {module!r}; import that module before loading."
+        if module and not _may_import(module)
+        else ""
     )
+    raise CompressionStateError(
+        f"The file needs the module codec {name!r}, which is not registered.{where} Import the "
+        "torchcompress family that made it (or the plug-in that registered it) before loading."
+    )
+
+
+def _may_import(module: str) -> bool:
+    return module.startswith(_PACKAGE + ".") or module in {type(c).__module__ for c in _CODECS}
 
 
 def _codec_for(module: nn.Module) -> ModuleCodec | None:
@@ -287,26 +325,63 @@ def set_attribute(model: nn.Module, module_name: str, attr: str, value: Any) -> 
 # --- save / load -------------------------------------------------------------------------------
 
 
-def _ensure_family_codecs() -> None:
-    """Import the families so their codecs are registered (they register on import)."""
-    import importlib
+def _codec_provider_names(package: str) -> list[str]:
+    """Modules of ``package`` (a subpackage of this package) whose name ends in ``codecs``."""
+    try:
+        pkg = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return []
+    if pkg is None or not pkg.submodule_search_locations:
+        return []
+    return [
+        f"{package}.{info.name}"
+        for info in pkgutil.iter_modules(list(pkg.submodule_search_locations))
+        if info.name.endswith("codecs")
+    ]
 
-    for mod in ("torchcompress.quant", "torchcompress.sparsity", "torchcompress.lowrank"):
+
+def _import_providers(package: str) -> None:
+    for name in _codec_provider_names(package):
         try:
-            importlib.import_module(mod)
-        except ImportError:  # a family not built yet, or an optional dependency missing
-            log.debug("could not import %s while looking for codecs", mod)
+            importlib.import_module(name)
+        except ImportError as e:  # an optional dependency missing
+            log.debug("could not import %s while looking for codecs: %s", name, e)
+
+
+def _import_codec_providers() -> None:
+    """Import every subpackage of this package that has a codecs module (they register on import).
+
+    Found by scanning the package's folders, so that ``io`` names none of the families: a new
+    family with a ``codecs`` module is found without an edit here.
+    """
+    top = importlib.import_module(_PACKAGE)
+    for info in pkgutil.iter_modules(top.__path__):
+        if info.ispkg:
+            _import_providers(f"{_PACKAGE}.{info.name}")
+
+
+def _import_codecs_of(model: nn.Module) -> None:
+    """Make sure the codecs of the packages whose modules ``model`` holds are registered."""
+    packages = set()
+    for module in model.modules():
+        parts = type(module).__module__.split(".")
+        if len(parts) > 2 and parts[0] == _PACKAGE:
+            packages.add(".".join(parts[:2]))
+    for package in sorted(packages):
+        _import_providers(package)
 
 
 def _describe_model(model: nn.Module) -> dict[str, Any]:
-    _ensure_family_codecs()
+    _import_codecs_of(model)
     records = []
+    providers: dict[str, str] = {}
     for name, module in model.named_modules():
         if not name:
             continue
         codec = _codec_for(module)
         if codec is not None:
             records.append({"name": name, "codec": codec.name, "spec": codec.encode(module)})
+            providers[codec.name] = type(codec).__module__
     patches = [
         {"module": k.split("\0")[0], "attr": k.split("\0")[1], "value": v}
         for k, v in getattr(model, _PATCH_ATTR, {}).items()
@@ -318,6 +393,8 @@ def _describe_model(model: nn.Module) -> dict[str, Any]:
         "torch_version": torch.__version__,
         "model_class": type(model).__name__,
         "modules": records,
+        # codec name -> the module that defines it, which load() imports when needed
+        "codec_modules": providers,
         "attributes": patches,
         "history": history(model),
     }
@@ -443,11 +520,12 @@ def load(
         tensors[alias] = tensors[target]
 
     decoded: list[tuple[ModuleCodec, str]] = []
+    providers = desc.get("codec_modules", {})
     with snapshot_modules(model):
         for patch in desc.get("attributes", []):
             set_attribute(model, patch["module"], patch["attr"], patch["value"])
         for rec in desc.get("modules", []):
-            codec = _codec_by_name(rec["codec"])
+            codec = _codec_by_name(rec["codec"], providers.get(rec["codec"]))
             try:
                 current: nn.Module | None = get_module(model, rec["name"])
             except SelectionError as e:

@@ -6,32 +6,14 @@ import pytest
 import torch
 from torch import nn
 
+from torchcompress.testing import MixedConvNet as TinyCNN
+
 
 def correlated(n: int, dim: int, *, rank: int = 4, seed: int = 0) -> torch.Tensor:
     """``n`` samples of ``dim`` features that mostly live in a ``rank``-dimensional subspace."""
     g = torch.Generator().manual_seed(seed)
     basis = torch.randn(rank, dim, generator=g)
     return torch.randn(n, rank, generator=g) @ basis + 0.05 * torch.randn(n, dim, generator=g)
-
-
-class TinyCNN(nn.Module):
-    """Conv (plain, strided+dilated, grouped) + Linear, small enough for fast tests."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 24, 3, padding=1)
-        self.conv2 = nn.Conv2d(24, 32, 3, stride=2, padding=2, dilation=2, bias=False)
-        self.conv3 = nn.Conv2d(32, 32, 3, padding=1, groups=2)
-        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(32, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.conv1(x))
-        x = torch.relu(self.conv2(x))
-        x = torch.relu(self.conv3(x))
-        x = torch.relu(self.dw(x))
-        return self.fc(self.pool(x).flatten(1))
 
 
 @pytest.fixture

@@ -6,25 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from torchcompress.testing import TinyCNN
+
 # These machines are shared: OpenMP threads spinning on busy cores make tiny ops 100x slower.
 torch.set_num_threads(1)
-
-
-class TinyCNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
-        self.bn2 = nn.BatchNorm2d(16)
-        self.relu = nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.relu(self.bn2(self.conv2(x)))
-        return self.fc(self.pool(x).flatten(1))
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, DependencyError, SelectionError, check_range
+from ..errors import ConfigError, SelectionError, check_range
 from ..registry import Registry
 from ..select import read_by_parent, select_modules
 from . import functional as F
@@ -322,13 +322,8 @@ class SVTCallback:
 
 
 def _default_train_fn() -> Callable[..., Any]:
-    try:
-        from ..train import finetune
-    except ImportError as e:
-        raise DependencyError(
-            "train_lowrank trains with tc.finetune (torchcompress.train), which is not available; "
-            "pass train_fn=your_loop(model, data, regularizer=..., **kwargs)."
-        ) from e
+    from ..train import finetune
+
     return finetune
 
 

@@ -38,7 +38,7 @@ from ..select import (
     set_module,
     snapshot_modules,
 )
-from ..train import Callback, TrainState
+from ..train.callbacks import Callback, TrainState
 from . import functional as QF
 from .hardware import resolve_reduce_range
 from .modules import FakeQuantize, QuantConv1d, QuantConv2d, QuantLayer

@@ -45,6 +45,7 @@ from torch import nn
 from ..config import Config
 from ..errors import ConfigError, DataError, check_choice, check_range
 from ..registry import Registry
+from ..train.callbacks import Callback
 from .config import PruneConfig
 
 __all__ = ["SCHEDULE_KINDS", "GradualPruning", "SparsitySchedule", "gradual_prune"]
@@ -178,22 +179,7 @@ class SparsitySchedule(Config):
         return steps
 
 
-try:  # the trainer's callback base, when the training module is present
-    from ..train import Callback as _CallbackBase  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - torchcompress.train not built yet
-
-    class _CallbackBase:  # type: ignore[no-redef]
-        """Stand-in with the trainer's hook names."""
-
-        def on_train_begin(self, state: Any) -> None: ...
-        def on_step_begin(self, state: Any) -> None: ...
-        def on_after_backward(self, state: Any) -> None: ...
-        def on_step_end(self, state: Any) -> None: ...
-        def on_epoch_end(self, state: Any) -> None: ...
-        def on_train_end(self, state: Any) -> None: ...
-
-
-class GradualPruning(_CallbackBase):
+class GradualPruning(Callback):
     """Callback for :func:`torchcompress.finetune` that prunes along a :class:`SparsitySchedule`.
 
     At the start of training and after every optimizer step it counts, when the schedule says so,
@@ -322,7 +308,7 @@ def gradual_prune(
     Returns:
         ``model``, pruned to ``schedule.final`` if training reached ``end_step``.
     """
-    from ..train import finetune  # type: ignore[attr-defined]
+    from ..train import finetune
 
     cb = GradualPruning(
         schedule,

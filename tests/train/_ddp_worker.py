@@ -1,4 +1,4 @@
-"""Launched by tests/test_train.py under ``python -m torch.distributed.run --nproc_per_node=2``.
+"""Launched by tests/train/test_distributed.py under ``python -m torch.distributed.run --nproc_per_node=2``.
 
 Trains two small models on digits with tc.finetune, unchanged from a single-process script, and
 writes each rank's final tensors and metrics to the folder given as the first argument.

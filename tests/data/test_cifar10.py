@@ -1,103 +1,20 @@
-"""tc.data: digits, the CIFAR-10 reader (both on-disk layouts), MNIST-1D, English sentences."""
+"""The CIFAR-10 reader: both on-disk layouts, normalisation, augmentation, bad files."""
 
 from __future__ import annotations
 
 import os
 import pickle
-import random
 
 import numpy as np
 import pytest
 import torch
 
-import torchcompress as tc
 from torchcompress.data import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     cifar10,
-    digits,
-    digits_tensors,
-    english_sentences,
 )
 from torchcompress.errors import ConfigError, DataError, DatasetNotFoundError
-
-# --- digits ----------------------------------------------------------------------------------
-
-
-def test_digits_default_split_and_shapes():
-    train, test = digits()
-    assert len(train.dataset) == 1347 and len(test.dataset) == 450
-    x, y = next(iter(train))
-    assert tuple(x.shape) == (64, 3, 32, 32) and x.dtype == torch.float32
-    assert y.dtype == torch.int64 and int(y.min()) >= 0 and int(y.max()) <= 9
-    assert len(test) == 8  # ceil(450 / 64); the test loader keeps its last batch
-
-
-def test_digits_real_images_and_resizing():
-    from sklearn.datasets import load_digits
-
-    raw = load_digits()
-    d = digits_tensors(image_size=8, channels=1, normalize=False, test_size=0.25, seed=0)
-    # every image is one of sklearn's, scaled from 16 gray levels to [0, 1]
-    assert float(d.x_train.min()) == 0.0 and float(d.x_train.max()) == 1.0
-    levels = torch.unique(d.x_train * 16)
-    assert torch.allclose(levels, levels.round()) and len(levels) == 17
-    all_imgs = torch.from_numpy(raw.images.astype(np.float32) / 16)
-    first = d.x_train[0, 0]
-    match = (all_imgs - first).abs().flatten(1).sum(1) == 0
-    assert bool(match.any())
-    assert int(torch.from_numpy(raw.target)[match][0]) == int(d.y_train[0])
-
-    up = digits_tensors(image_size=32, channels=3, normalize=False)
-    assert tuple(up.x_train.shape) == (1347, 3, 32, 32)
-    assert torch.equal(up.x_train[:, 0], up.x_train[:, 2])  # channels are copies
-    # bilinear upsampling keeps the mean intensity close to the original's
-    assert abs(float(up.x_train.mean()) - float(d.x_train.mean())) < 0.01
-    small = digits_tensors(image_size=4, channels=2)
-    assert tuple(small.x_test.shape) == (450, 2, 4, 4)
-
-
-def test_digits_stratified_deterministic_and_train_normalised():
-    a = digits_tensors(seed=3, image_size=8, channels=1)
-    b = digits_tensors(seed=3, image_size=8, channels=1)
-    c = digits_tensors(seed=4, image_size=8, channels=1)
-    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
-    assert not torch.equal(a.y_train, c.y_train)
-    counts = torch.bincount(a.y_test, minlength=10).double()
-    total = counts + torch.bincount(a.y_train, minlength=10).double()
-    assert ((counts - total * 450 / 1797).abs() <= 1).all()  # stratified: class shares kept
-    # standardised with the TRAIN statistics: exact on train, only approximate on test
-    assert abs(float(a.x_train.mean())) < 1e-5 and abs(float(a.x_train.std()) - 1) < 1e-3
-    raw = digits_tensors(seed=3, image_size=8, channels=1, normalize=False)
-    mean, std = raw.x_train.mean(), raw.x_train.std()
-    assert torch.allclose(a.x_test, (raw.x_test - mean) / std, atol=1e-5)
-
-
-def test_digits_loaders_deterministic_shuffle():
-    (t1, _), (t2, _) = digits(batch_size=32, seed=5), digits(batch_size=32, seed=5)
-    assert torch.equal(next(iter(t1))[1], next(iter(t2))[1])
-    train, _ = digits(batch_size=100, shuffle=False, drop_last=True)
-    assert len(train) == 13 and all(len(y) == 100 for _, y in train)
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"batch_size": 0},
-        {"image_size": 0},
-        {"channels": 0},
-        {"test_size": 0.0},
-        {"test_size": 1.0},
-        {"test_size": 0.001},
-        {"batch_size": 2.5},
-    ],
-)
-def test_digits_bad_arguments(kwargs):
-    with pytest.raises(ConfigError):
-        digits(**kwargs)
-
-
-# --- CIFAR-10 --------------------------------------------------------------------------------
 
 
 def _synthetic_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -269,65 +186,3 @@ def test_cifar10_bad_arguments(tmp_path):
         cifar10(tmp_path, batch_size=0)
     with pytest.raises(ConfigError, match="augment"):
         cifar10(tmp_path, augment="yes")
-
-
-# --- MNIST-1D --------------------------------------------------------------------------------
-
-
-def test_mnist1d_default_dataset_offline_and_rng_untouched(monkeypatch):
-    pytest.importorskip("mnist1d")
-    import requests
-
-    def no_network(*a, **k):
-        raise AssertionError("mnist1d tried to download")
-
-    monkeypatch.setattr(requests, "get", no_network)
-    random.seed(123)
-    np.random.seed(123)
-    expect_py, expect_np = random.random(), np.random.rand()
-    random.seed(123)
-    np.random.seed(123)
-    train, test = tc.data.mnist1d(batch_size=100)
-    assert random.random() == expect_py and np.random.rand() == expect_np
-    assert len(train.dataset) == 4000 and len(test.dataset) == 1000
-    x, y = next(iter(train))
-    assert tuple(x.shape) == (100, 40) and x.dtype == torch.float32 and y.dtype == torch.int64
-    xs = train.dataset.tensors[0]
-    # make_dataset centres the whole set and scales it to unit variance
-    all_x = torch.cat([xs, test.dataset.tensors[0]])
-    assert abs(float(all_x.mean())) < 1e-4 and abs(float(all_x.std()) - 1) < 1e-3
-    assert (
-        torch.bincount(torch.cat([train.dataset.tensors[1], test.dataset.tensors[1]])).tolist()
-        == [500] * 10
-    )
-
-
-def test_mnist1d_overrides_and_errors():
-    pytest.importorskip("mnist1d")
-    x, y, xt, _ = tc.data.mnist1d_tensors(num_samples=200, channel_dim=True)
-    assert tuple(y.shape) == (160,)
-    assert tuple(x.shape) == (160, 1, 40) and tuple(xt.shape) == (40, 1, 40)
-    x2, *_ = tc.data.mnist1d_tensors(num_samples=200, channel_dim=True)
-    assert torch.equal(x, x2)  # deterministic
-    x3, *_ = tc.data.mnist1d_tensors(num_samples=200, channel_dim=True, seed=1)
-    assert not torch.equal(x, x3)
-    train, _ = tc.data.mnist1d(num_samples=200, seed=1, channel_dim=True)
-    assert torch.equal(train.dataset.tensors[0], x3)  # seed= reaches the generator
-    with pytest.raises(ConfigError, match="unknown dataset argument 'num_sample'"):
-        tc.data.mnist1d(num_sample=10)
-    with pytest.raises(ConfigError):
-        tc.data.mnist1d(url="http://example.com")
-    with pytest.raises(ConfigError):
-        tc.data.mnist1d(train_split=1.5)
-
-
-# --- English sentences -------------------------------------------------------------------------
-
-
-def test_english_sentences():
-    s = english_sentences(20, seed=1)
-    assert len(s) == 20 and len(set(s)) == 20
-    assert s == english_sentences(20, seed=1)
-    assert all(8 <= len(x.split()) <= 40 and x[0].isupper() for x in s)
-    with pytest.raises(ConfigError):
-        english_sentences(10**6)
