@@ -12,6 +12,8 @@ from torchcompress.batches import (
     as_batch,
     batch_size,
     count_batches,
+    describe_inputs,
+    example_batch,
     iter_batches,
     run_model,
 )
@@ -110,3 +112,38 @@ def test_run_model_names_the_batch():
 
     with pytest.raises(NumericalError):  # torchcompress errors pass through unchanged
         run_model(Checks(), good)
+
+
+def test_example_batch_follows_the_model():
+    model = nn.Linear(3, 2).double()
+    x = torch.randn(4, 3)
+    b = example_batch(model, x)
+    assert b.args[0].dtype == torch.float64 and torch.equal(b.args[0], x.double())
+    ids = torch.tensor([[1, 2]])
+    b = example_batch(model, {"x": x, "ids": ids})
+    assert b.kwargs["x"].dtype == torch.float64 and b.kwargs["ids"].dtype == torch.int64
+    b = example_batch(model, (x, torch.zeros(2)))  # a tuple: positional inputs
+    assert len(b.args) == 2
+    b = example_batch(model, [x, torch.zeros(4)])  # a list: a DataLoader batch (inputs, target)
+    assert len(b.args) == 1 and b.target is not None
+    mixed = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3).half())  # no single dtype: kept
+    assert example_batch(mixed, x).args[0].dtype == torch.float32
+    with pytest.raises(DataError):
+        example_batch(model, "text")
+
+
+def test_describe_inputs():
+    x = torch.zeros(1, 3, 8, 8)
+    assert describe_inputs((x,), {}) == "(1, 3, 8, 8)"
+    assert describe_inputs((), {}) == "no inputs"
+    text = describe_inputs(([x, x], 3), {"mask": torch.ones(1, 8), "flag": None})
+    assert text == "[(1, 3, 8, 8), (1, 3, 8, 8)], int, mask=(1, 8), flag=NoneType"
+
+
+def test_docstring_examples():
+    import doctest
+
+    import torchcompress.batches as mod
+
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0 and result.attempted > 0

@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,16 @@ from torch import nn
 
 from .errors import DataError
 
-__all__ = ["Batch", "as_batch", "batch_size", "count_batches", "iter_batches", "run_model"]
+__all__ = [
+    "Batch",
+    "as_batch",
+    "batch_size",
+    "count_batches",
+    "describe_inputs",
+    "example_batch",
+    "iter_batches",
+    "run_model",
+]
 
 _LABEL_KEYS = ("labels", "label")
 
@@ -196,3 +205,77 @@ def run_model(model: nn.Module, batch: Batch, *, index: int = 0, what: str = "da
             f"Batch {index} of {what} does not fit {type(model).__name__} "
             f"(inputs {shapes}{', ' + str(kw) if kw else ''}): {e}"
         ) from e
+
+
+def _floating_dtype(model: nn.Module) -> torch.dtype | None:
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    return dtypes.pop() if len(dtypes) == 1 else None
+
+
+def _single_device(model: nn.Module) -> torch.device | None:
+    devices = {t.device for t in [*model.parameters(), *model.buffers()]}
+    return devices.pop() if len(devices) == 1 else None
+
+
+def _convert(obj: Any, device: torch.device | None, dtype: torch.dtype | None) -> Any:
+    if isinstance(obj, torch.Tensor):
+        if dtype is not None and obj.is_floating_point() and obj.dtype != dtype:
+            obj = obj.to(dtype)
+        return obj.to(device) if device is not None else obj
+    if isinstance(obj, tuple):
+        return tuple(_convert(o, device, dtype) for o in obj)
+    if isinstance(obj, list):
+        return [_convert(o, device, dtype) for o in obj]
+    if isinstance(obj, Mapping):
+        return {k: _convert(v, device, dtype) for k, v in obj.items()}
+    return obj
+
+
+def example_batch(model: nn.Module, example_inputs: Any) -> Batch:
+    """Normalise ``example_inputs`` to a :class:`Batch` on the model's device, in its dtype.
+
+    Accepted: a tensor (the single positional input), a tuple of positional inputs, a dict of keyword
+    inputs (Hugging Face style), a :class:`Batch`, or a list such as a DataLoader batch
+    ``[inputs, targets]`` (read as by :func:`as_batch`). Floating-point tensors are cast to the
+    model's floating dtype when the model has exactly one, and every tensor is moved to the model's
+    device when all its tensors are on one device.
+
+    Raises:
+        DataError: ``example_inputs`` is of a kind that cannot be fed to a model.
+
+    Example:
+        >>> import torch
+        >>> b = example_batch(torch.nn.Linear(2, 2).double(), (torch.zeros(1, 2),))
+        >>> b.args[0].dtype
+        torch.float64
+    """
+    if isinstance(example_inputs, tuple) and not isinstance(example_inputs, Batch):
+        batch = Batch(args=tuple(example_inputs))
+    else:
+        batch = as_batch(example_inputs)
+    device, dtype = _single_device(model), _floating_dtype(model)
+    return Batch(
+        args=_convert(batch.args, device, dtype),
+        kwargs=_convert(batch.kwargs, device, dtype),
+        target=batch.target,
+    )
+
+
+def describe_inputs(args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+    """Shapes of call inputs, for messages: ``(1, 3, 32, 32), mask=(1, 8)``.
+
+    Example:
+        >>> import torch
+        >>> describe_inputs((torch.zeros(1, 3),), {"mask": torch.ones(1, 8), "flag": True})
+        '(1, 3), mask=(1, 8), flag=bool'
+    """
+
+    def one(v: Any) -> str:
+        if isinstance(v, torch.Tensor):
+            return str(tuple(v.shape))
+        if isinstance(v, tuple | list) and v and all(isinstance(t, torch.Tensor) for t in v):
+            return "[" + ", ".join(str(tuple(t.shape)) for t in v) + "]"
+        return type(v).__name__
+
+    parts = [one(a) for a in args] + [f"{k}={one(v)}" for k, v in kwargs.items()]
+    return ", ".join(parts) if parts else "no inputs"
