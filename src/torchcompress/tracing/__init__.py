@@ -10,6 +10,9 @@
 - :data:`OPS`: one taxonomy of ops (activations and which are ReLU-like, element-wise, residual
   adds, reshapes, indexing, concatenation, split, pooling, ops exact on integers, non-tensor
   calls), for fx nodes, recorded ops and modules; registrable.
+- :func:`capture_outputs` / :class:`OutputCapture`: the outputs of named modules, forward by
+  forward, with their autograd graph (distillation's features; any client that needs "the output
+  of ``layer2`` for this batch"), and :func:`check_module_names` (did-you-mean errors).
 
 Used by fusion, quantization planning, QAT's activation origins, the profiler, and the
 channel-pruning dependency graph.
@@ -26,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+from .capture import OutputCapture, capture_outputs, check_module_names
 from .ops import (
     ACTIVATION,
     ADD,
@@ -96,11 +100,14 @@ __all__ = [
     "OpCall",
     "OpEvent",
     "OpTaxonomy",
+    "OutputCapture",
     "Recorder",
     "Source",
     "TensorUse",
     "Traced",
     "Tracer",
+    "capture_outputs",
+    "check_module_names",
     "flat_tensors",
     "is_registered_leaf",
     "register_leaf",
