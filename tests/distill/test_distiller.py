@@ -311,3 +311,13 @@ def test_distill_argument_errors_in_finetune():
         d = tc.distill.kd()
         d.attach(student, teacher)
         d.attach(student, teacher)
+
+
+@pytest.mark.gpu
+def test_student_on_cuda_teacher_on_cpu_with_cache_and_adapters():
+    student, teacher = net(4).to("cuda"), net(16).eval()
+    d = Distiller([("kd", 1.0), DistillTerm("hint", 1.0, student="block")], cache=True)
+    data = batches(3)
+    tc.finetune(student, data, epochs=2, teacher=teacher, distill=d, progress=False)
+    assert d.term_losses[1][0].adapter.weight.device.type == "cuda"
+    assert next(teacher.parameters()).device.type == "cpu" and d.cache.hits == 24
