@@ -34,6 +34,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,6 +50,7 @@ from torchcompress.quant import qat as Q
 warnings.filterwarnings("ignore")
 
 LR, LR_RECOVER = 0.05, 0.01
+WORK = Path(__file__).resolve().parent / "_work"  # the trained teacher, reused by later runs
 #: RepDistiller's 100 diverged within three steps here (features with a mean square near 30, a
 #: plain 1x1 adapter, lr 0.05); 10 trains.
 HINT_WEIGHT = 10.0
@@ -284,7 +286,7 @@ def recovery(
 # --- the run -----------------------------------------------------------------------------------
 
 
-def run(quick: bool, image_size: int, threads: int | None) -> Report:
+def run(quick: bool, image_size: int, threads: int | None, retrain: bool = False) -> Report:
     if threads:
         torch.set_num_threads(threads)
     t_start, cpu_start, load_start = time.perf_counter(), time.process_time(), os.getloadavg()[0]
@@ -302,14 +304,23 @@ def run(quick: bool, image_size: int, threads: int | None) -> Report:
     cmd = "python -m benchmarks.distill_digits" + (" --quick" if quick else "")
     if image_size != 16:
         cmd += f" --image-size {image_size}"
+    if threads:
+        cmd += f" --threads {threads}"
     rep = Report("distill_digits", "Knowledge distillation: ResNet-56 -> ResNet-20 on digits", cmd)
 
-    _progress(f"teacher: resnet56, {t_epochs} epochs")
     tc.seed_everything(0)
     teacher = tc.models.create("resnet56", num_classes=10)
+    cache = WORK / f"resnet56_digits{image_size}_e{t_epochs}_n{len(dataset)}.safetensors"
     t0 = time.perf_counter()
-    tc.finetune(teacher, loader(dataset, 64, 100), epochs=t_epochs, lr=LR, progress=False)
-    teacher_s = time.perf_counter() - t0
+    if cache.exists() and not retrain:
+        tc.load(cache, teacher)
+        trained = f"loaded from {cache.name}, trained by an earlier run of this script"
+    else:
+        _progress(f"teacher: resnet56, {t_epochs} epochs")
+        tc.finetune(teacher, loader(dataset, 64, 100), epochs=t_epochs, lr=LR, progress=False)
+        trained = f"{time.perf_counter() - t0:.0f} s"
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tc.save(teacher, cache)
     teacher.eval()
     teacher_acc = tc.evaluate(teacher, test)["accuracy"]
     n_test = sum(len(y) for _, y in test)
@@ -317,7 +328,7 @@ def run(quick: bool, image_size: int, threads: int | None) -> Report:
         f"Digits: 1,797 real 8x8 images upsampled to {image_size}x{image_size}, 3 channels "
         f"({len(dataset)} train / {n_test} test images; one test image is "
         f"{100 / n_test:.2f} points). Teacher: CIFAR ResNet-56 (853k params), trained {t_epochs} "
-        f"epochs ({teacher_s:.0f} s): **{100 * teacher_acc:.2f}%**. Students: CIFAR ResNet-20 "
+        f"epochs ({trained}): **{100 * teacher_acc:.2f}%**. Students: CIFAR ResNet-20 "
         f"(270k params), {s_epochs} epochs each, SGD (lr {LR}, momentum 0.9, weight decay 5e-4, "
         "cosine), batch 64, seeds 0-2 (weights and data order; the teacher is the same for all). "
         "The loss settings are RepDistiller's and mdistiller's CIFAR ones. The machine is shared "
@@ -390,8 +401,9 @@ def main() -> None:
         "32 is the CIFAR size, about 4x slower)",
     )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--retrain", action="store_true", help="train the teacher even if cached")
     args = ap.parse_args()
-    rep = run(args.quick, args.image_size, args.threads)
+    rep = run(args.quick, args.image_size, args.threads, args.retrain)
     path = rep.write()
     print(rep.render())
     print(f"wrote {path}")

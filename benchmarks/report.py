@@ -32,6 +32,7 @@ ORDER = [
     "prune_cnn",
     "lowrank_minilm",
     "lowrank_cnn",
+    "distill_digits",
 ]
 
 
