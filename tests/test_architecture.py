@@ -38,9 +38,6 @@ PENDING: set[str] = {
     "floor: torchcompress.io -> torchcompress.lowrank",
     "floor: torchcompress.io -> torchcompress.quant",
     "floor: torchcompress.io -> torchcompress.sparsity",
-    "cycle: torchcompress.sparsity._costs <-> torchcompress.sparsity.layers"
-    " <-> torchcompress.sparsity.masking",
-    "cycle: torchcompress.lowrank.config <-> torchcompress.lowrank.methods",
     "cycle: torchcompress.quant.converting <-> torchcompress.quant.graph"
     " <-> torchcompress.quant.kernels <-> torchcompress.quant.kmeans <-> torchcompress.quant.ptq"
     " <-> torchcompress.quant.qat",
@@ -55,8 +52,6 @@ PENDING: set[str] = {
     "hooks: torchcompress.quant.kmeans",
     "hooks: torchcompress.quant.ptq",
     "hooks: torchcompress.quant.qat",
-    "hooks: torchcompress.sparsity.calibration",
-    "hooks: torchcompress.lowrank.calibration",
 }
 
 

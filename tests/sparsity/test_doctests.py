@@ -10,10 +10,11 @@ import pytest
 MODULES = [
     "",
     "calibration",
+    "codecs",
     "config",
+    "costs",
     "criteria",
     "functional",
-    "layers",
     "masking",
     "patterns",
     "pruning",
