@@ -253,7 +253,7 @@ class _Session:
     def install(self, grad_layers: list[_Layer]) -> None:
         for lay in self.layers:
             self.handles.append(lay.module.register_forward_hook(self._hook(lay), with_kwargs=True))
-        for lay in grad_layers:
+        for lay in {id(lay): lay for lay in grad_layers}.values():
             for leaf in _grad_leaves(lay.module):
                 self.flags.append((leaf, leaf.requires_grad))
                 leaf.requires_grad_(True)
@@ -265,7 +265,7 @@ class _Session:
         for h in self.handles:
             h.remove()
         self.handles.clear()
-        for leaf, flag in self.flags:
+        for leaf, flag in reversed(self.flags):
             leaf.requires_grad_(flag)
         self.flags.clear()
 
