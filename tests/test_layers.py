@@ -239,3 +239,13 @@ def test_conv_input_sq_with_asymmetric_padding() -> None:
     cols = F.unfold(F.pad(x, (0, 1)).unsqueeze(-1), (2, 1))
     torch.testing.assert_close(sq.reshape(-1), cols.pow(2).sum((0, 2)))
     assert rows == 2 * 9
+
+
+@pytest.mark.parametrize("name", ["", ".base", ".builtin"])
+def test_docstring_examples(name: str) -> None:
+    import doctest
+    import importlib
+
+    mod = importlib.import_module("torchcompress.layers" + name)
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0 and result.attempted > 0

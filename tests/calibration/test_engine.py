@@ -219,3 +219,13 @@ def test_split_batch_cuts_every_batched_tensor() -> None:
     b = Batch(args=(torch.randn(3, 2),), kwargs={"m": torch.ones(3, 4), "k": 1}, target=None)
     parts = split_batch(b)
     assert [p.args[0].shape[0] for p in parts] == [1, 1, 1] and parts[0].kwargs["k"] == 1
+
+
+@pytest.mark.parametrize("name", ["", ".engine", ".statistics", ".sequential", ".distributed"])
+def test_docstring_examples(name: str) -> None:
+    import doctest
+    import importlib
+
+    mod = importlib.import_module("torchcompress.calibration" + name)
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0 and result.attempted > 0

@@ -42,7 +42,7 @@ from torch.nn.utils import parametrize
 
 from ..batches import Batch, batch_size, count_batches, iter_batches, run_model
 from ..errors import CalibrationError, ConfigError, NumericalError
-from ..layers import Geometry, LayerKind, geometry, layer_kind
+from ..layers import Geometry, LayerKind, geometry, layer_kind, stored_weight
 from ..progress import progress_bar
 from ..select import module_device_dtype
 from .distributed import all_reduce_counts, all_reduce_statistics
@@ -218,15 +218,10 @@ def _make_layers(model: nn.Module, requests: Mapping[str, Iterable[str]]) -> lis
             raise ConfigError(f"collect: {type(model).__name__} has no layer {name!r}.") from None
         geo = geometry(module, name)
         kind = layer_kind(module)
-        device = _weight_device(module)
+        device = stored_weight(module).device
         stats = {s: STATISTICS.get(s)(geo, device) for s in sorted(set(wanted))}
         layers.append(_Layer(name, module, kind, geo, stats))  # type: ignore[arg-type]
     return layers
-
-
-def _weight_device(module: nn.Module) -> torch.device:
-    device, _ = module_device_dtype(module)
-    return device or torch.device("cpu")
 
 
 def _grad_leaves(module: nn.Module) -> list[Tensor]:

@@ -32,6 +32,13 @@ from .base import CHUNK_ELEMENTS, LAYER_KINDS, Geometry, LayerKind, _has_bias, s
 __all__ = ["ConvKind", "HFConv1DKind", "LinearKind", "conv_input_sq", "is_hf_conv1d"]
 
 
+def _power(x: Tensor, power: int) -> Tensor:
+    """``|x| ** power`` without a needless copy for the common powers."""
+    if power == 2:
+        return x.pow(2)
+    return x.abs() if power == 1 else x.abs().pow(power)
+
+
 def _chunks(rows: Tensor, max_elements: int) -> Iterator[Tensor]:
     step = max(1, max_elements // max(1, rows.shape[-1]))
     for i in range(0, rows.shape[0], step):
@@ -66,7 +73,7 @@ class LinearKind(LayerKind):
         self, geometry: Geometry, x: Tensor, power: int = 2, dtype: torch.dtype = torch.float32
     ) -> tuple[Tensor, int]:
         rows = self.channel_rows(geometry, x).detach().to(dtype)
-        v = rows.pow(2) if power == 2 else rows.abs().pow(power)
+        v = _power(rows, power)
         return v.sum(0), int(rows.shape[0])
 
     def channel_rows(self, geometry: Geometry, x: Tensor) -> Tensor:
@@ -178,7 +185,7 @@ def _tap_sums(
         flat += [lo, hi]
     if any(flat):
         x = F.pad(x, flat) if geo.padding_mode == "zeros" else F.pad(x, flat, mode=geo.padding_mode)
-    v = (x.pow(2) if power == 2 else x.abs().pow(power)).sum(0)  # (C, *padded)
+    v = _power(x, power).sum(0)  # (C, *padded)
     k, s, d = geo.kernel_size, geo.stride, geo.dilation
     out_sizes = [(v.shape[1 + i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(nd)]
     result = v.new_zeros((v.shape[0], *k))
