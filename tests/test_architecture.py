@@ -41,20 +41,13 @@ PENDING: set[str] = {
     "cycle: torchcompress.sparsity._costs <-> torchcompress.sparsity.layers"
     " <-> torchcompress.sparsity.masking",
     "cycle: torchcompress.lowrank.config <-> torchcompress.lowrank.methods",
-    "cycle: torchcompress.quant.converting <-> torchcompress.quant.graph"
-    " <-> torchcompress.quant.kernels <-> torchcompress.quant.kmeans <-> torchcompress.quant.ptq"
-    " <-> torchcompress.quant.qat",
     "size: torchcompress.data",
     "size: torchcompress.fusion",
     "size: torchcompress.profiling",
-    "size: torchcompress.quant.converting",
-    "size: torchcompress.quant.qat",
     "size: torchcompress.train",
     "tracers",
     "recorders",
-    "hooks: torchcompress.quant.kmeans",
-    "hooks: torchcompress.quant.ptq",
-    "hooks: torchcompress.quant.qat",
+    "hooks: torchcompress.quant.calib",
     "hooks: torchcompress.sparsity.calibration",
     "hooks: torchcompress.lowrank.calibration",
 }

@@ -155,7 +155,7 @@ def _kl_reference(hist: list[float], levels: int) -> int:
 
 
 def test_kl_matches_reference_loop() -> None:
-    from torchcompress.quant.observers import _kl_best_window
+    from torchcompress.quant.observers.histogram import _kl_best_window
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(20000, generator=g).abs()
