@@ -21,6 +21,7 @@ from ..errors import CompressionStateError
 from ..select import module_device_dtype, set_module
 from .functional import dequantize_u8, quantize_u8
 from .graph import (
+    GRAPH_ATTR,
     QuantGraph,
     find_groups,
     insert_points,
@@ -260,7 +261,14 @@ def rebuild(model: nn.Module, container: QuantGraph) -> None:
     Raises:
         CompressionStateError: the model no longer traces to the same graph.
     """
-    traced = trace_model(model, container.leaf_names)
+    # the container is a child of the model, not part of its forward (an nn.Sequential would
+    # otherwise call it): trace without it
+    held = model._modules.pop(GRAPH_ATTR, None)
+    try:
+        traced = trace_model(model, container.leaf_names)
+    finally:
+        if held is not None:
+            model._modules[GRAPH_ATTR] = held
     if traced is None:
         raise CompressionStateError(
             f"{type(model).__name__} no longer traces with torch.fx; the saved graph-mode "

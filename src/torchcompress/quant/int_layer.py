@@ -451,7 +451,7 @@ class IntLayer(QuantizedModule):
                     else ""
                 )
                 + f" {w['granularity']}"
-                + (f" {w['group_size']}" if w["granularity"] == "group" else "")
+                + (f" {w['group_size']}" if w.get("group_size") is not None else "")
             )
         )
         a = self.act

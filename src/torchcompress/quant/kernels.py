@@ -203,7 +203,11 @@ class _OnednnConv:
         elif out[2] is None:  # integer output: the kernel adds the residual operand
             xs, xz = m.in_qparams()
             acs, acz = m.accum_qparams()
-            acc = accum if m.accum_inplace_ok else accum.clone()
+            # oneDNN sums into the operand in its output layout (channels-last); a residual
+            # quantized from a float tensor arrives contiguous, and is copied into that layout
+            acc = accum.contiguous(memory_format=torch.channels_last)
+            if acc is accum and not m.accum_inplace_ok:
+                acc = accum.clone()
             y = torch.ops.onednn.qconv2d_pointwise.binary(
                 u,
                 xs,
