@@ -33,11 +33,12 @@ import helpers, helpers never import verbs):
 7. Graphs: :mod:`~torchcompress.quant.graph` (graph mode: quantization planned on the traced graph,
    activations integer between layers) and :mod:`~torchcompress.quant.int_graph` (its integer graph).
 8. Verbs: :mod:`~torchcompress.quant.ptq` (:func:`quantize`), :mod:`~torchcompress.quant.kmeans`
-   (:func:`kmeans_quantize`), :mod:`~torchcompress.quant.qat` (:func:`prepare_qat`: quantizers,
-   folded conv+BN, the method registry, ReLU origins, callbacks), :mod:`~torchcompress.quant.converting`
-   (:func:`convert`).
-9. Codecs and export: :mod:`~torchcompress.quant.codecs` (save/load), :mod:`~torchcompress.quant.costs`
-   (profiler costs), :mod:`~torchcompress.quant.onnx_export` (:func:`export_onnx`).
+   (:func:`kmeans_quantize`), :mod:`~torchcompress.quant.qat` (:func:`prepare_qat`: its quantizers
+   and folded conv+BN layers, which need only the modules above, the method registry, ReLU
+   origins, callbacks), :mod:`~torchcompress.quant.converting` (:func:`convert`).
+9. Codecs and export: :mod:`~torchcompress.quant.codecs` and ``qat.codecs`` (save/load),
+   :mod:`~torchcompress.quant.costs` (profiler costs), :mod:`~torchcompress.quant.onnx_export`
+   (:func:`export_onnx`).
 
 Contract for quantization-aware training (``tc.prepare_qat``) and later PTQ methods (GPTQ, AWQ,
 SmoothQuant), which build on these modules:
@@ -46,8 +47,9 @@ SmoothQuant), which build on these modules:
    ``QuantConv1d``, ``QuantConv2d``): float master ``weight`` / ``bias`` parameters and three
    quantizer slots, ``weight_quant``, ``input_quant`` and ``output_quant`` (each ``None`` or a
    quantizer). Its forward is ``output_quant(op(input_quant(x), weight_quant(weight)))``, so a
-   subclass may override ``quantized_weight()`` (e.g. to fold BatchNorm into the weight during
-   training) without touching conversion.
+   subclass may override ``weight_to_quantize()`` (e.g. to fold BatchNorm into the weight during
+   training) and ``finalized()`` (the plain layer conversion starts from) without touching
+   conversion.
 2. A quantizer is a :class:`~torchcompress.quant.modules.FakeQuantize` or anything with the same
    attributes: ``spec`` (:class:`IntSpec`), ``quant_min`` / ``quant_max`` (the integer range used),
    ``granularity`` / ``group_size``, ``scale`` and ``zero_point`` tensors (shapes ``[1]``,

@@ -1,5 +1,6 @@
 """Pure tensor maths of integer quantization: ranges to scales and zero points, (fake) quantization,
-granularity views, the straight-through rounding estimator and bit packing.
+granularity views, the straight-through rounding estimator, bit packing, and the uint8 activations
+of the integer model.
 
 Everything here is tensor in, tensor out, with no module state. Conventions:
 
