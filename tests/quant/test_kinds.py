@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from torchcompress.errors import UnsupportedModuleError
 from torchcompress.quant import kinds
 
 PADDING_MODES = ["zeros", "reflect", "replicate", "circular"]
@@ -103,5 +104,5 @@ def test_quantized_layers_report_their_geometry() -> None:
         "padding_mode": "reflect",
     }
     assert q[0].layer_args()["kernel_size"] == (3, 3)
-    with pytest.raises(KeyError):
+    with pytest.raises(UnsupportedModuleError, match="ReLU is not a layer"):
         kinds.geometry(nn.ReLU())

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import UnsupportedModuleError
 from ..registry import Registry
 
 __all__ = [
@@ -228,14 +229,17 @@ def geometry(module: nn.Module) -> dict[str, Any]:
     """The geometry of a float layer or of a quantized one (anything with the layer attributes).
 
     Raises:
-        KeyError: the module is not a layer of a known kind.
+        UnsupportedModuleError: the module is not a layer of a known kind.
     """
     k = kind_of(module)
     if k is not None:
         return k.geometry(module)
     kind = getattr(module, "kind", None)
-    if kind is None:
-        raise KeyError(f"{type(module).__name__} is not a layer quantization handles")
+    if not kind:
+        raise UnsupportedModuleError(
+            f"{type(module).__name__} is not a layer quantization handles (known kinds: "
+            f"{', '.join(LAYER_KINDS.names())})."
+        )
     return {key: getattr(module, key) for key in CONV_KEYS} if kind != "linear" else {}
 
 

@@ -41,6 +41,12 @@ class ObserverSpec(Config):
 
     Attributes:
         name: the registered name of the observer it configures (set by :data:`OBSERVERS`).
+
+    Example:
+        >>> from torchcompress.quant.observers import Percentile
+        >>> spec = Percentile(99.9)
+        >>> spec.name, type(spec.build(0, 255, symmetric=False)).__name__
+        ('percentile', 'PercentileObserver')
     """
 
     name: ClassVar[str] = ""

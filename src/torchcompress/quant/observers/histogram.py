@@ -25,10 +25,15 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Histogram(ObserverSpec):
-    """Options of the histogram-based observers.
+    """Options of the histogram-based observers (the base of :class:`MSE` and :class:`KL`).
 
     Args:
         bins: histogram bins per group (at least 16).
+
+    Example:
+        >>> from torchcompress.quant.observers import Histogram
+        >>> Histogram(bins=256).bins
+        256
     """
 
     bins: int = 2048
@@ -247,6 +252,11 @@ class MSE(Histogram):
 
     Args:
         bins: histogram bins per group (at least 16).
+
+    Example:
+        >>> import torchcompress as tc
+        >>> tc.QuantConfig(weight_observer=tc.quant.MSE()).weight_observer_name
+        'mse'
     """
 
     name: ClassVar[str] = "mse"
@@ -333,6 +343,11 @@ class KL(Histogram):
 
     Args:
         bins: histogram bins per group (at least 16).
+
+    Example:
+        >>> import torchcompress as tc
+        >>> tc.QuantConfig(observer=tc.quant.KL(bins=512)).to_dict()["observer"]
+        {'__config__': 'KL', 'bins': 512}
     """
 
     name: ClassVar[str] = "kl"

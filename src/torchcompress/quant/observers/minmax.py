@@ -126,7 +126,13 @@ SAWB_COEFFICIENTS: dict[int, tuple[float, float]] = {
 
 @dataclass(frozen=True)
 class SAWB(ObserverSpec):
-    """The ``"sawb"`` observer (statistics-aware weight binning; no options)."""
+    """The ``"sawb"`` observer (statistics-aware weight binning; no options).
+
+    Example:
+        >>> import torchcompress as tc
+        >>> tc.QuantConfig(weight_observer=tc.quant.SAWB()).weight_observer_name
+        'sawb'
+    """
 
     name: ClassVar[str] = "sawb"
 

@@ -56,6 +56,11 @@ class QATOptions(Config):
         pact_alpha: PACT's initial clipping value without calibration data.
         pact_fallback: ``"error"`` or another method's name: how PACT quantizes an activation that is
             not a ReLU output.
+
+    Example:
+        >>> from torchcompress.quant.qat import QATOptions
+        >>> QATOptions(lsq_init="lsq").pact_fallback
+        'error'
     """
 
     observer: str | ObserverSpec | None = None
@@ -87,6 +92,13 @@ class QATMethod:
         supports_dynamic: it trains ``QuantConfig(mode="dynamic")`` models.
         needs_origins: it must know which quantized activations are ReLU outputs
             (:mod:`~torchcompress.quant.qat.origins`).
+
+    Example:
+        >>> import torchcompress as tc
+        >>> from torchcompress.quant.qat import QAT_METHODS, QATOptions
+        >>> lsq = QAT_METHODS.get("lsq")(tc.QuantConfig(), QATOptions())
+        >>> lsq.quantizer.__name__, lsq.supports_dynamic
+        ('LSQQuantize', False)
     """
 
     name: ClassVar[str] = ""
