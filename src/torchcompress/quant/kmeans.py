@@ -14,15 +14,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import io
-from ..batches import iter_batches, run_model
 from ..errors import ConfigError, DataError, NumericalError, SelectionError
 from ..progress import progress_bar
-from ..select import module_device_dtype, replace_modules, snapshot_modules
+from ..select import replace_modules, snapshot_modules
 from . import functional as QF
+from . import kinds
+from .build import select_quant_targets
+from .calib import input_sq_means
+from .modules import QuantizedModule
 
 __all__ = ["KMeansLayer", "kmeans_1d", "kmeans_quantize"]
 
@@ -111,7 +113,7 @@ def kmeans_1d(
     return cent, torch.searchsorted(bounds, v)
 
 
-class KMeansLayer(nn.Module):
+class KMeansLayer(QuantizedModule):
     """A Linear / Conv1d / Conv2d whose weights are indices into a per-layer codebook.
 
     State: ``indices`` (packed, ``bits`` per index), ``codebook`` (``2^bits`` float32 centroids) and
@@ -167,23 +169,7 @@ class KMeansLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight.to(x.dtype)
         b = None if self.bias is None else self.bias.to(x.dtype)
-        if self.kind == "linear":
-            return F.linear(x, w, b)
-        conv = F.conv2d if self.kind == "conv2d" else F.conv1d
-        if self.padding_mode != "zeros":
-            pad: list[int] = []
-            for p in reversed(self.padding):  # type: ignore[arg-type]
-                pad += [p, p]
-            return conv(
-                F.pad(x, pad, mode=self.padding_mode),
-                w,
-                b,
-                self.stride,
-                0,
-                self.dilation,
-                self.groups,
-            )
-        return conv(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+        return kinds.forward(self.kind, x, w, b, kinds.geometry(self))
 
     def extra_repr(self) -> str:
         return (
@@ -192,53 +178,14 @@ class KMeansLayer(nn.Module):
         )
 
 
-def _importance(
-    model: nn.Module, names: list[str], data: Any, max_batches: int | None, progress: bool | None
-) -> dict[str, Tensor]:
-    """``E[x_j^2]`` of each input feature (channel for convolutions) of each named layer."""
-    sums: dict[str, Tensor] = {}
-    counts: dict[str, int] = {}
-    handles = []
-    for name in names:
-        layer = model.get_submodule(name)
-
-        def hook(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
-            x = args[0].detach().float()
-            if not bool(torch.isfinite(x).all()):
-                raise NumericalError(f"NaN or Inf in the input activations of {name!r}.")
-            if isinstance(mod, nn.Conv1d | nn.Conv2d):
-                xc = x.transpose(0, 1).reshape(x.shape[1], -1)
-            else:
-                xc = x.reshape(-1, x.shape[-1]).t()
-            s = (xc**2).sum(1)
-            sums[name] = sums[name] + s if name in sums else s
-            counts[name] = counts.get(name, 0) + xc.shape[1]
-
-        handles.append(layer.register_forward_pre_hook(hook))
-    device, _ = module_device_dtype(model)
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            for i, b in enumerate(
-                progress_bar(
-                    iter_batches(data, max_batches=max_batches, device=device, what="calib_data"),
-                    desc="k-means importance",
-                    enabled=progress,
-                )
-            ):
-                run_model(model, b, index=i, what="calib_data")
-    finally:
-        for h in handles:
-            h.remove()
-        for m, t in modes.items():
-            m.training = t
-    missing = [n for n in names if n not in sums]
-    if missing:
-        from ..errors import CalibrationError
-
-        raise CalibrationError(f"calib_data produced no activations for {missing[:8]}.")
-    return {n: sums[n] / counts[n] for n in names}
+def _feature_weights(e: Tensor, w: Tensor, groups: int | None) -> Tensor:
+    """Each weight's importance: ``E[x^2]`` of the input feature (channel) it multiplies."""
+    if groups is None:  # a Linear map: one feature per column
+        return e.reshape(1, -1).expand_as(w)
+    cin = w.shape[1]
+    per = e.reshape(groups, cin)
+    weights = per.repeat_interleave(w.shape[0] // groups, dim=0)
+    return weights.reshape(w.shape[0], cin, *([1] * (w.dim() - 2))).expand_as(w)
 
 
 def kmeans_quantize(
@@ -284,8 +231,6 @@ def kmeans_quantize(
         >>> int(m[0].weight.unique().numel()) <= 4
         True
     """
-    from .ptq import select_quant_targets
-
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
         raise ConfigError(f"kmeans_quantize: bits={bits!r} must be an int from 1 to 8.")
     if weighted is True:
@@ -300,55 +245,42 @@ def kmeans_quantize(
     if not targets:
         raise SelectionError(f"{type(model).__name__} has no layer for k-means quantization.")
     names = [n for n, _ in targets]
+    layer_kinds = {n: kinds.kind_of(m) for n, m in targets}
     imp = (
-        _importance(model, names, calib_data, max_batches, progress)
+        input_sq_means(
+            model,
+            names,
+            calib_data,
+            max_batches=max_batches,
+            progress=progress,
+            channels_first={n for n, k in layer_kinds.items() if k.channels_first},  # type: ignore[union-attr]
+        )
         if weighted == "activation"
         else {}
     )
-    hf = None
-    from .ptq import _hf_conv1d
-
-    hf = _hf_conv1d()
 
     def build(old: nn.Module, name: str) -> KMeansLayer:
-        w = old.weight.detach()
-        if hf is not None and isinstance(old, hf):
-            w = w.t()
+        kind = layer_kinds[name]
+        w = kind.canonical_weight(old).detach()  # type: ignore[union-attr]
         if not bool(torch.isfinite(w).all()):
             raise NumericalError(f"The weight of {name!r} holds NaN or Inf.")
-        if isinstance(old, nn.Conv1d | nn.Conv2d):
-            kind = "conv2d" if isinstance(old, nn.Conv2d) else "conv1d"
-            kw: dict[str, Any] = {
-                "stride": old.stride,
-                "padding": old.padding,
-                "dilation": old.dilation,
-                "groups": old.groups,
-                "padding_mode": old.padding_mode,
-            }
-        else:
-            kind, kw = "linear", {}
+        geo = kind.geometry(old)  # type: ignore[union-attr]
+        conv = {k: geo[k] for k in kinds.CONV_KEYS if k in geo}
         weights = None
         if weighted == "activation":
-            e = imp[name]
-            if kind == "linear":
-                weights = e.reshape(1, -1).expand_as(w)
-            else:
-                cin = w.shape[1]
-                per = e.reshape(old.groups, cin)  # type: ignore[union-attr]
-                weights = per.repeat_interleave(w.shape[0] // old.groups, dim=0)  # type: ignore[union-attr]
-                weights = weights.reshape(w.shape[0], cin, *([1] * (w.dim() - 2))).expand_as(w)
+            weights = _feature_weights(imp[name], w, conv.get("groups"))
         elif weighted == "magnitude":
             weights = w.abs()
         cent, lab = kmeans_1d(w, 2**bits, weights=weights, init=init, iters=iters, seed=seed)
         layer = KMeansLayer(
-            kind,
+            kind.runs_as,  # type: ignore[union-attr]
             tuple(w.shape),
             bits,
             bias=old.bias is not None,
             source=type(old).__name__,
             dtype=w.dtype,
             device=w.device,
-            **kw,
+            **conv,
         )
         with torch.no_grad():
             layer.indices.copy_(QF.pack_int(lab, bits, 0))

@@ -5,7 +5,8 @@ the resulting ``scale`` and ``zero_point`` as buffers, and fake-quantizes (quant
 straight-through gradients). :class:`QuantLinear`, :class:`QuantConv1d` and :class:`QuantConv2d`
 keep float master weights and fake-quantize their weight, their input and, where the integer model
 re-quantizes it, their output. They compute exactly what :func:`torchcompress.convert` runs with
-integer kernels.
+integer kernels. Every module quantization puts in place of a dense layer derives from
+:class:`QuantizedModule` and runs its layer through :func:`torchcompress.quant.kinds.forward`.
 """
 
 from __future__ import annotations
@@ -13,15 +14,32 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import NumericalError
+from ..errors import CalibrationError, ConfigError, NumericalError
 from . import functional as QF
-from .observers import Observer, make_observer
+from . import kinds
+from .granularity import granularity
+from .observers import Observer, ObserverSpec, observer_spec
 from .spec import IntSpec
 
-__all__ = ["FakeQuantize", "QuantConv1d", "QuantConv2d", "QuantLayer", "QuantLinear"]
+__all__ = [
+    "FakeQuantize",
+    "QuantConv1d",
+    "QuantConv2d",
+    "QuantLayer",
+    "QuantLinear",
+    "QuantizedModule",
+    "quant_layer_class",
+]
+
+
+class QuantizedModule(nn.Module):
+    """Base of every module quantization puts in place of a dense layer (fake-quant, integer,
+    codebook): the quantization verbs leave these alone, and ``kind`` says what the layer runs as
+    (``"linear"``, ``"conv1d"``, ``"conv2d"``; see :mod:`torchcompress.quant.kinds`)."""
+
+    kind: str = ""
 
 
 class FakeQuantize(nn.Module):
@@ -41,12 +59,14 @@ class FakeQuantize(nn.Module):
     Args:
         spec: the integer format.
         role: ``"weight"`` or ``"activation"`` (activations widen their range to include zero).
-        observer: registered observer name, or an :class:`~torchcompress.quant.observers.Observer`.
+        observer: a registered observer name, its spec (e.g. ``Percentile(99.9)``), or an
+            :class:`~torchcompress.quant.observers.Observer`.
         dynamic: activations only; ranges from each input (min/max), nothing calibrated.
         quant_min: integer range actually used (default: the spec's full range).
         quant_max: see ``quant_min``.
         shape: ``(rows, cols)`` of the canonical 2-D weight (weights only).
-        observer_options: options for the observer (``percentile``, ``bins``, ...).
+        observer_options: options for an observer given by name (``percentile``, ``bins``, ...;
+            those it does not take are ignored).
         name: the owning layer's qualified name, used in error messages.
 
     Example:
@@ -66,7 +86,7 @@ class FakeQuantize(nn.Module):
         spec: IntSpec,
         *,
         role: str = "activation",
-        observer: str | Observer = "minmax",
+        observer: str | ObserverSpec | Observer = "minmax",
         dynamic: bool = False,
         quant_min: int | None = None,
         quant_max: int | None = None,
@@ -76,7 +96,7 @@ class FakeQuantize(nn.Module):
     ) -> None:
         super().__init__()
         if role not in ("weight", "activation"):
-            raise ValueError(f"role must be 'weight' or 'activation', got {role!r}")
+            raise ConfigError(f"FakeQuantize: role must be 'weight' or 'activation', got {role!r}.")
         self.spec = spec
         self.role = role
         self.dynamic = bool(dynamic)
@@ -88,7 +108,9 @@ class FakeQuantize(nn.Module):
         self.include_zero = role == "activation"
         if role == "weight":
             if shape is None:
-                raise ValueError("a weight quantizer needs shape=(rows, cols)")
+                raise ConfigError(
+                    f"FakeQuantize {name!r}: a weight quantizer needs shape=(rows, cols)."
+                )
             self.shape = (int(shape[0]), int(shape[1]))
             qshape = QF.qparam_shape(*self.shape, spec.granularity, spec.group_size)
         else:
@@ -97,31 +119,45 @@ class FakeQuantize(nn.Module):
         self.register_buffer("scale", torch.ones(qshape))
         self.scale._tc_keep_dtype = True  # replace_modules keeps it float32
         self.register_buffer("zero_point", torch.zeros(qshape, dtype=torch.int32))
-        self.observer_name = observer if isinstance(observer, str) else type(observer).__name__
         if isinstance(observer, Observer):
+            self.observer_spec = observer.spec
             self.observer: Observer | None = observer
-        elif self.dynamic:
-            self.observer = None
         else:
-            self.observer = make_observer(
-                observer,
-                qmin=self.quant_min,
-                qmax=self.quant_max,
-                symmetric=spec.symmetric,
-                include_zero=self.include_zero,
-                exact=role == "weight",
-                **(observer_options or {}),
-            )
+            self.observer_spec = observer_spec(observer, **(observer_options or {}))
+            self.observer = None if self.dynamic else self.make_observer()
         self.observing = False
         self.enabled = True
         self.calibrated = self.dynamic
         #: observe ``max(x, 0)`` (an output followed by a ReLU in the integer graph)
         self.observe_relu = False
 
+    @property
+    def observer_name(self) -> str:
+        """The registered name of the quantizer's observer."""
+        return self.observer_spec.name
+
+    def make_observer(self) -> Observer:
+        """A fresh observer of :attr:`observer_spec` for the quantizer's current integer range."""
+        obs = self.observer_spec.build(
+            self.quant_min,
+            self.quant_max,
+            symmetric=self.spec.symmetric,
+            include_zero=self.include_zero,
+            exact=self.role == "weight",
+        )
+        return obs.to(self.zero_point.device)
+
     def _apply(self, fn: Any, recurse: bool = True) -> FakeQuantize:
         super()._apply(fn, recurse)
         _keep_float32(self, ("scale",))
         return self
+
+    def refresh(self, weight2d: Tensor) -> None:
+        """Bring a weight quantizer's range up to date with ``weight2d`` before conversion.
+
+        Post-training quantizers keep the range they were calibrated with (a no-op here);
+        quantizers whose range follows the weight during training recompute it.
+        """
 
     # -- calibration ----------------------------------------------------------------------
 
@@ -146,7 +182,10 @@ class FakeQuantize(nn.Module):
         if self.dynamic:
             return
         if self.observer is None:
-            raise RuntimeError(f"{self.name}: quantizer has no observer to calibrate from")
+            raise CalibrationError(
+                f"{self.name or 'a quantizer'}: it has no observer to calibrate from (it was built "
+                "around an explicit range); build it with an observer name or spec."
+            )
         scale, zp = self.observer.qparams()
         with torch.no_grad():
             self.scale.copy_(scale.reshape(self.scale.shape).to(self.scale))
@@ -167,17 +206,23 @@ class FakeQuantize(nn.Module):
             return QF.to_groups(x.reshape(self.shape), self.granularity, self.group_size)  # type: ignore[arg-type]
         return x.reshape(1, -1)
 
+    def elements_per_scale(self, x: Tensor) -> int:
+        """How many elements share one scale (LSQ's ``N``): of the weight, or, for activations,
+        the features of one example (Esser et al.'s ``N_F``)."""
+        if self.role == "weight":
+            rows, cols = self.shape  # type: ignore[misc]
+            return granularity(self.granularity).elements_per_scale(rows, cols, self.group_size)
+        return max(1, x.numel() // max(1, x.shape[0] if x.dim() > 1 else 1))
+
     # -- simulation -----------------------------------------------------------------------
 
     def qparams_for(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The scale and zero point applied to ``x`` (stored, or computed from ``x`` if dynamic)."""
         if not self.dynamic:
             return self.scale, self.zero_point
-        if self.granularity == "token":
-            return QF.token_qparams(
-                x, self.quant_min, self.quant_max, symmetric=self.spec.symmetric
-            )
-        return QF.tensor_qparams(x, self.quant_min, self.quant_max, symmetric=self.spec.symmetric)
+        return QF.dynamic_qparams(
+            x, self.granularity, self.quant_min, self.quant_max, symmetric=self.spec.symmetric
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         if self.observing:
@@ -216,7 +261,7 @@ def _keep_float32(module: nn.Module, names: tuple[str, ...]) -> None:
                 module._buffers[n] = t.float()
 
 
-class QuantLayer(nn.Module):
+class QuantLayer(QuantizedModule):
     """Base of the fake-quant layers: float master ``weight``/``bias`` plus quantizers.
 
     Attributes:
@@ -243,15 +288,34 @@ class QuantLayer(nn.Module):
         w = self.weight
         return int(w.shape[0]), int(w[0].numel())
 
+    def weight_to_quantize(self) -> Tensor:
+        """The float weight the weight quantizer sees (the master weight; a training layer may
+        fold more into it, e.g. a BatchNorm)."""
+        return self.weight
+
     def quantized_weight(self) -> Tensor:
         """The weight as the integer model sees it (fake-quantized), in the weight's shape."""
+        w = self.weight_to_quantize()
         if self.weight_quant is None:
-            return self.weight
-        w2d = self.weight.reshape(self.weight_shape2d)
-        return self.weight_quant(w2d).reshape(self.weight.shape)
+            return w
+        return self.weight_quant(w.reshape(self.weight_shape2d)).reshape(w.shape)
+
+    def geometry(self) -> dict[str, Any]:
+        """The convolution arguments of the layer (empty for Linear), for :func:`kinds.forward`."""
+        return {}
+
+    def layer_args(self) -> dict[str, Any]:
+        """The constructor arguments of the layer: sizes and convolution arguments (what
+        :func:`torchcompress.save` records to rebuild it)."""
+        return kinds.runs_as(self.kind).geometry(self)
 
     def _op(self, x: Tensor, weight: Tensor) -> Tensor:
-        raise NotImplementedError
+        return self._run(x, weight, self.bias)
+
+    def _run(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """The layer's map with ``weight`` and ``bias`` (cast to the input's dtype)."""
+        b = None if bias is None else bias.to(x.dtype)
+        return kinds.forward(self.kind, x, weight.to(x.dtype), b, self.geometry())
 
     def forward(self, x: Tensor) -> Tensor:
         if self.input_quant is not None:
@@ -260,6 +324,14 @@ class QuantLayer(nn.Module):
         if self.output_quant is not None:
             y = self.output_quant(y)
         return y
+
+    def finalized(self) -> QuantLayer:
+        """The plain fake-quant layer :func:`torchcompress.convert` turns into integers: this layer,
+        with its weight quantizer's range brought up to date (:meth:`FakeQuantize.refresh`).
+        Training layers (e.g. with a BatchNorm folded in) return a new plain layer."""
+        if self.weight_quant is not None:
+            self.weight_quant.refresh(self.weight.detach().reshape(self.weight_shape2d))
+        return self
 
     def quantizers(self) -> dict[str, FakeQuantize]:
         """The layer's quantizers by role (``weight``, ``input``, ``output``)."""
@@ -282,6 +354,8 @@ class QuantLinear(QuantLayer):
         ('QuantLinear', torch.Size([2, 4]))
     """
 
+    kind = "linear"
+
     def __init__(
         self,
         in_features: int,
@@ -302,9 +376,6 @@ class QuantLinear(QuantLayer):
         self.bias = (
             nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
         )
-
-    def _op(self, x: Tensor, weight: Tensor) -> Tensor:
-        return F.linear(x, weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def extra_repr(self) -> str:
         src = "" if self.source == "Linear" else f", from {self.source}"
@@ -348,24 +419,8 @@ class _QuantConvNd(QuantLayer):
             nn.Parameter(torch.zeros(out_channels, device=device, dtype=dtype)) if bias else None
         )
 
-    def _reversed_padding(self) -> list[int]:
-        out: list[int] = []
-        for d, k, p in zip(
-            reversed(self.dilation), reversed(self.kernel_size), reversed(self.padding)
-        ):  # type: ignore[arg-type]
-            out += (
-                [p, p] if isinstance(p, int) else [d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2]
-            )
-        return out
-
-    def _op(self, x: Tensor, weight: Tensor) -> Tensor:
-        conv = F.conv2d if self._nd == 2 else F.conv1d
-        w = weight.to(x.dtype)
-        b = None if self.bias is None else self.bias.to(x.dtype)
-        if self.padding_mode != "zeros":
-            x = F.pad(x, self._reversed_padding(), mode=self.padding_mode)
-            return conv(x, w, b, self.stride, 0, self.dilation, self.groups)
-        return conv(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+    def geometry(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in kinds.CONV_KEYS}
 
     def extra_repr(self) -> str:
         s = (
@@ -387,9 +442,30 @@ class QuantConv2d(_QuantConvNd):
     """Fake-quant ``nn.Conv2d`` (weight groups run along the flattened ``in/groups * kh * kw`` axis)."""
 
     _nd = 2
+    kind = "conv2d"
 
 
 class QuantConv1d(_QuantConvNd):
     """Fake-quant ``nn.Conv1d``."""
 
     _nd = 1
+    kind = "conv1d"
+
+
+_LAYER_CLASSES: dict[str, type[QuantLayer]] = {
+    c.kind: c for c in (QuantLinear, QuantConv1d, QuantConv2d)
+}
+
+
+def quant_layer_class(kind: str) -> type[QuantLayer]:
+    """The fake-quant layer class of a layer kind (``"linear"``, ``"conv1d"``, ``"conv2d"``).
+
+    Raises:
+        ConfigError: no fake-quant layer for ``kind``.
+    """
+    try:
+        return _LAYER_CLASSES[kind]
+    except KeyError:
+        raise ConfigError(
+            f"No fake-quant layer for layer kind {kind!r} (known: {', '.join(_LAYER_CLASSES)})."
+        ) from None

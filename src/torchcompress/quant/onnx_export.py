@@ -35,6 +35,10 @@ from torch import Tensor, nn
 from ..errors import CompressionStateError, DependencyError
 from ..select import set_module
 from . import functional as QF
+from . import kinds
+from .graph import container_of
+from .int_layer import IntLayer
+from .modules import QuantLayer
 
 __all__ = ["export_onnx"]
 
@@ -193,7 +197,7 @@ class _ExportLayer(nn.Module):
             return
         q = q2d.reshape(self.weight.shape).to(torch.int8)
         if (
-            self.kind == "linear"
+            not self.conv  # a Linear map: ONNX's dynamic MatMulInteger form
             and self.act is not None
             and self.act["dynamic"]
             and self.act["granularity"] == "tensor"
@@ -235,19 +239,7 @@ class _ExportLayer(nn.Module):
                 x = _fq_formula(
                     x, torch.tensor(s), torch.tensor(float(z)), int(a["qmin"]), int(a["qmax"])
                 )
-        if self.kind == "linear":
-            y = F.linear(x, w, self.bias)
-        else:
-            c = self.conv
-            conv = F.conv2d if self.kind == "conv2d" else F.conv1d
-            if c["padding_mode"] != "zeros":
-                pad: list[int] = []
-                for p in reversed(c["padding"]):
-                    pad += [p, p]
-                x = F.pad(x, pad, mode=c["padding_mode"])
-                y = conv(x, w, self.bias, c["stride"], 0, c["dilation"], c["groups"])
-            else:
-                y = conv(x, w, self.bias, c["stride"], c["padding"], c["dilation"], c["groups"])
+        y = kinds.forward(self.kind, x, w, self.bias, self.conv)
         if self.out is not None:
             s, z, qmin, qmax = self.out
             y = _QDQ.apply(y, s, z, qmin, qmax)
@@ -283,23 +275,17 @@ class _KeywordInputs(nn.Module):
         return out
 
 
-def _conv_args(m: Any) -> dict[str, Any]:
-    pad = m.padding
-    if isinstance(pad, str):
-        from .converting import IntLayer
-
-        pad = IntLayer.int_padding(m) if isinstance(m, IntLayer) else None
+def _conv_args(m: QuantLayer | IntLayer, weight_shape: tuple[int, ...]) -> dict[str, Any]:
+    """The layer's convolution arguments with numeric padding (``{}`` for a Linear layer)."""
+    geo = dict(m.geometry())
+    if geo and isinstance(geo["padding"], str):
+        pad = kinds.conv_padding(geo["padding"], weight_shape[2:], geo["dilation"])
         if pad is None:
             raise CompressionStateError(
-                f"padding={m.padding!r} cannot be exported; use explicit padding."
+                f"padding={geo['padding']!r} cannot be exported; use explicit padding."
             )
-    return {
-        "stride": tuple(m.stride),
-        "padding": tuple(pad),
-        "dilation": tuple(m.dilation),
-        "groups": m.groups,
-        "padding_mode": m.padding_mode,
-    }
+        geo["padding"] = pad
+    return geo
 
 
 def _act_dict(fq: Any) -> dict[str, Any]:
@@ -313,18 +299,9 @@ def _act_dict(fq: Any) -> dict[str, Any]:
 
 
 def _twin_of(m: nn.Module) -> nn.Module | None:
-    from .converting import IntLayer
-    from .modules import QuantLayer, QuantLinear
-
     if isinstance(m, QuantLayer):
-        kind = (
-            "linear"
-            if isinstance(m, QuantLinear)
-            else ("conv2d" if m.weight.dim() == 4 else "conv1d")
-        )
-        t = _ExportLayer(
-            kind, m.quantized_weight(), m.bias, {} if kind == "linear" else _conv_args(m)
-        )
+        w = m.quantized_weight()
+        t = _ExportLayer(m.kind, w, m.bias, _conv_args(m, tuple(w.shape)))
         if m.input_quant is not None:
             t.act = _act_dict(m.input_quant)
             if not m.input_quant.dynamic:
@@ -354,9 +331,7 @@ def _twin_of(m: nn.Module) -> nn.Module | None:
             )
         return t
     if isinstance(m, IntLayer):
-        t = _ExportLayer(
-            m.kind, m.dequantized_weight(), m.bias, {} if m.kind == "linear" else _conv_args(m)
-        )
+        t = _ExportLayer(m.kind, m.dequantized_weight(), m.bias, _conv_args(m, m.weight_shape))
         if m.act is not None and not m.graph_mode:  # graph layers: the graph quantizes the input
             t.act = dict(m.act)
             if not m.act["dynamic"]:
@@ -429,7 +404,6 @@ def export_onnx(
         import onnx  # noqa: F401
     except ImportError as e:
         raise DependencyError("export_onnx needs 'onnx': pip install 'torchcompress[onnx]'.") from e
-    from .graph import container_of
 
     if opset < 13:
         raise CompressionStateError(
