@@ -154,12 +154,14 @@ _NON_TENSOR_METHODS = {"size", "dim", "numel"}
 
 
 def module_of(node: fx.Node, modules: dict[str, nn.Module]) -> nn.Module | None:
+    """The module a ``call_module`` node calls (``None`` for any other node)."""
     if node.op == "call_module":
         return modules.get(str(node.target))
     return None
 
 
 def is_add(node: fx.Node) -> bool:
+    """Whether ``node`` adds exactly two tensors (a residual add)."""
     if node.op == "call_function" and node.target in _ADD_FUNCS:
         return len(node.args) == 2 and not node.kwargs
     if node.op == "call_method" and node.target in ("add", "__add__") and not node.kwargs:
@@ -222,6 +224,7 @@ def pass_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
 
 
 def non_tensor(node: fx.Node) -> bool:
+    """Whether ``node`` yields shape/dtype/device information rather than a tensor."""
     if node.op == "call_method" and node.target in _NON_TENSOR_METHODS:
         return True
     return (
