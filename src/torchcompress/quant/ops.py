@@ -39,6 +39,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers import layer_kind
 from ..tracing import (
     ADD,
     DROPOUT,
@@ -92,15 +93,20 @@ def trace_model(
     model: nn.Module, leaf_names: list[str] | None = None
 ) -> tuple[fx.Graph, list[str]] | None:
     """Trace ``model`` with :func:`torchcompress.tracing.trace`, keeping submodules that do not
-    trace as opaque calls (quantizers and quantized layers are leaves; compressed layers of other
-    families are traced into, so their inner layers can be quantized).
+    trace as opaque calls.
+
+    Leaves: quantizers and quantized layers (registered), every layer of a registered layer kind
+    (one call, as its quantized replacement will be, even when its own forward is functional),
+    plain ``torch.nn`` layers and ``leaf_names``; compressed layers of other families are traced
+    into, so their inner layers can be quantized.
 
     Returns:
         ``(graph, leaf_names)`` (the named leaves and the modules kept opaque, sorted), or ``None``
         when the top level itself does not trace.
     """
     leaves = sorted(set(leaf_names or []))
-    traced = trace(model, leaves, descend=False, costed_leaves=False)
+    layers = [m for m in model.modules() if layer_kind(m) is not None]
+    traced = trace(model, [*leaves, *layers], descend=False, costed_leaves=False)
     if traced.graph is None:
         return None
     return traced.graph, sorted({*leaves, *traced.opaque})
