@@ -84,12 +84,12 @@ class HalfBreakEven(RankRule):
 
 # 5. an observer: the min/max range shrunk by a factor (its options: a small typed spec)
 @dataclass(frozen=True)
-class Shrunk(ObserverSpec):
+class ShrunkRange(ObserverSpec):
     factor: float = 0.5
 
 
 class ShrunkMinMax(MinMaxObserver):
-    Spec = Shrunk
+    Spec = ShrunkRange
 
     def compute_range(self) -> tuple[Tensor, Tensor]:
         lo, hi = super().compute_range()
@@ -223,15 +223,15 @@ def test_profile_cost_of_the_new_kind_comes_from_its_geometry() -> None:
 def test_quantize_with_the_new_observer() -> None:
     data = _data()
     ref = tc.quantize(_net(), tc.QuantConfig(), data)  # min/max ranges
-    q = tc.quantize(_net(), tc.QuantConfig(observer=Shrunk(0.5)), data)
+    q = tc.quantize(_net(), tc.QuantConfig(observer=ShrunkRange(0.5)), data)
     assert q.quant_graph.quantizers.keys() == ref.quant_graph.quantizers.keys()
     assert all(fq.observer_name == "ext_shrunk" for fq in q.quant_graph.quantizers.values())
     # the model's input (the same data for both): an asymmetric range [lo, hi], lo < 0 < hi, halved
     fq, fr = q.quant_graph.quantizers["input_a"], ref.quant_graph.quantizers["input_a"]
     torch.testing.assert_close(fq.scale, fr.scale * 0.5)
-    assert tc.QuantConfig.from_dict(tc.QuantConfig(observer=Shrunk(0.25)).to_dict()).observer == (
-        Shrunk(0.25)
-    )
+    assert tc.QuantConfig.from_dict(
+        tc.QuantConfig(observer=ShrunkRange(0.25)).to_dict()
+    ).observer == (ShrunkRange(0.25))
 
 
 def _close_to_float(q: nn.Module, model: nn.Module, x: Tensor, tol: float) -> None:
