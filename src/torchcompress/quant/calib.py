@@ -116,6 +116,16 @@ def calibrate(
             )
         log.info("calib_data can be read only once: histograms are re-binned as ranges grow.")
         ranged = []
+    approximate = sorted(
+        {fq.observer_name for fq in observed if fq.observer.across_ranks == "approximate"}  # type: ignore[union-attr]
+    )
+    if approximate and is_distributed():
+        log.warning(
+            "observer(s) %s depend on the order of the batches: their statistics are combined "
+            "across ranks approximately ('minmax' or a histogram observer gives exactly the ranges "
+            "of one process on all the data).",
+            ", ".join(repr(a) for a in approximate),
+        )
     for fq in order:
         fq.observing, fq.enabled = False, False
     if ranged:

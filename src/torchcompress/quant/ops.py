@@ -12,8 +12,8 @@ about each node:
   category :data:`NO_INT_KERNEL` (``max_pool1d`` and the adaptive max poolings); register more
   with ``OPS.register(NO_INT_KERNEL, fn)``.
 - :func:`act_kind`: the activation an integer kernel fuses after a layer: ``"relu"``, or
-  ``"relu6"`` (``ReLU6``, and ``Hardtanh`` clipping at exactly ``[0, 6]``; another clip is not a
-  fused activation: it runs in float).
+  ``"relu6"`` (the category :data:`RELU6_EXACT`: ``ReLU6``, and ``Hardtanh`` clipping at exactly
+  ``[0, 6]``; another clip is not a fused activation: it runs in float).
 - :func:`is_add`, :func:`non_tensor`, :func:`is_eval_identity`, :func:`is_inplace`: residual adds,
   shape queries, modules that are the identity in eval mode, in-place ReLUs.
 - :func:`value_origin`: whether a value is a ReLU's output (through ops that keep it in range),
@@ -49,7 +49,6 @@ from ..tracing import (
     OPS,
     RANGE_PRESERVING,
     RELU,
-    RELU6,
     RELU_LIKE,
     ZERO_PAD,
     OpCall,
@@ -58,6 +57,7 @@ from ..tracing import (
 
 __all__ = [
     "NO_INT_KERNEL",
+    "RELU6_EXACT",
     "act_kind",
     "is_add",
     "is_eval_identity",
@@ -85,8 +85,19 @@ OPS.register(
     *_have(nn, "MaxPool1d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "AdaptiveMaxPool3d"),
 )
 
-#: ReLU6's clip: the only upper clip an integer kernel fuses as ``"relu6"``
-_RELU6_MAX = 6.0
+#: a clip to exactly ``[0, 6]``: what the integer kernels fuse as ``"relu6"`` (ReLU6, and
+#: ``Hardtanh``/``F.hardtanh`` with those bounds)
+RELU6_EXACT = "relu6_exact"
+
+
+def _clips_to_six(c: OpCall) -> bool:
+    lo = c.module.min_val if c.module is not None else c.arg(1, "min_val", -1.0)
+    hi = c.module.max_val if c.module is not None else c.arg(2, "max_val", 1.0)
+    return bool(lo == 0 and hi == 6)
+
+
+OPS.register(RELU6_EXACT, F.relu6, nn.ReLU6)
+OPS.register(RELU6_EXACT, *_have(F, "hardtanh", "hardtanh_"), nn.Hardtanh, when=_clips_to_six)
 
 
 def trace_model(
@@ -124,18 +135,6 @@ def is_add(node: fx.Node) -> bool:
     return OPS.node_is(node, ADD, {}) and len(node.args) == 2 and not node.kwargs
 
 
-def _upper_clip(node: fx.Node, modules: dict[str, nn.Module]) -> float | None:
-    """The upper clip of a ReLU6-like node (``Hardtanh``'s ``max_val``; 6 for ReLU6 itself)."""
-    m = module_of(node, modules)
-    if m is not None:
-        return float(getattr(m, "max_val", _RELU6_MAX))
-    call = OpCall(node.target, tuple(node.args), dict(node.kwargs))
-    if node.target in (F.hardtanh, getattr(F, "hardtanh_", None)):
-        hi = call.arg(2, "max_val", 1.0)
-        return float(hi) if isinstance(hi, int | float) else None
-    return _RELU6_MAX
-
-
 def act_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
     """``"relu"`` or ``"relu6"`` if ``node`` applies one (in place or not) to its first argument.
 
@@ -145,7 +144,7 @@ def act_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
     cats = OPS.of_node(node, modules)
     if RELU in cats and node.args:
         return "relu"
-    if RELU6 in cats and _upper_clip(node, modules) == _RELU6_MAX:
+    if RELU6_EXACT in cats:
         return "relu6"
     return None
 

@@ -23,7 +23,6 @@ range, which is then all-reduced and fixed, the second accumulates over the fixe
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -44,8 +43,6 @@ __all__ = [
     "make_observer",
     "observer_spec",
 ]
-
-log = logging.getLogger(__name__)
 
 
 def all_reduce_(t: Tensor, op: str) -> Tensor:
@@ -116,7 +113,7 @@ class Observer(nn.Module):
         across_ranks: how its statistics, combined across ranks by :meth:`all_reduce`, compare
             with those of one process on all the data: ``"exact"``, ``"rounding"`` (float sums)
             or ``"approximate"`` (e.g. a moving average, which depends on the order of the
-            batches; :meth:`all_reduce` warns).
+            batches; calibration warns).
         range_only: during a range pass (:meth:`begin_range_pass`), only the minimum and maximum
             are tracked.
     """
@@ -201,13 +198,6 @@ class Observer(nn.Module):
         """
         if not is_distributed():
             return
-        if self.across_ranks == "approximate":
-            log.warning(
-                "%s combines its statistics across ranks approximately (they depend on the order "
-                "of the batches); 'minmax' or a histogram observer gives exactly the ranges of one "
-                "process on all the data.",
-                type(self).__name__,
-            )
         groups = self._all_reduce_range(device)
         count = torch.tensor(
             [float(self.batches)], dtype=torch.float64, device=self._device(device)

@@ -174,8 +174,8 @@ def prepare_qat(
     targets = select_quant_targets(model, include, exclude, "quantization")
     if not targets:
         raise SelectionError(
-            f"{type(model).__name__} has no layer to quantize (Linear, Conv1d, Conv2d or HF Conv1D"
-            f"{' after exclude=' + repr(exclude) if exclude else ''})."
+            f"{type(model).__name__} has no layer to quantize (Linear, Conv, HF Conv1D or another "
+            f"registered layer kind{' after exclude=' + repr(exclude) if exclude else ''})."
         )
     device, _ = module_device_dtype(model)
     reduce = resolve_reduce_range(config.reduce_range, device)
