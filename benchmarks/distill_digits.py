@@ -330,10 +330,17 @@ def run(quick: bool, image_size: int, threads: int | None, retrain: bool = False
         f"{100 / n_test:.2f} points). Teacher: CIFAR ResNet-56 (853k params), trained {t_epochs} "
         f"epochs ({trained}): **{100 * teacher_acc:.2f}%**. Students: CIFAR ResNet-20 "
         f"(270k params), {s_epochs} epochs each, SGD (lr {LR}, momentum 0.9, weight decay 5e-4, "
-        "cosine), batch 64, seeds 0-2 (weights and data order; the teacher is the same for all). "
-        "The loss settings are RepDistiller's and mdistiller's CIFAR ones. The machine is shared "
-        "with other work: the seconds per run are indicative only."
+        f"cosine), batch 64, seed(s) {', '.join(map(str, seeds))} (weights and data order; the "
+        "teacher is the same for all). The loss settings are RepDistiller's and mdistiller's CIFAR "
+        "ones. The machine is shared with other work: the seconds per run are indicative only."
     )
+    if quick:
+        rep.add(
+            "**A `--quick` run**: it checks that every path of the script runs (teacher, five "
+            "students, three compressions, recovery with and without the teacher). One epoch on "
+            "256 images leaves every model near chance (10%), so its figures say nothing about the "
+            "methods; the comparison is the full run (without `--quick`)."
+        )
     accs, float_model = compare_students(
         rep,
         f"**All {len(dataset)} training images**, {s_epochs} epochs",
