@@ -516,8 +516,12 @@ class DequantKernel(Kernel):
             y = y + QF.dequantize_u8(accum, acs, acz).to(y.dtype)
         y = m.apply_unary(y)
         if m.out is not None:
+            lo, hi = int(m.out["qmin"]), int(m.out["qmax"])
+            if hi - lo > 255:  # wider than the uint8 storage: stays float, fake-quantized
+                y = QF.fake_quantize(y, m.output_scale, m.output_zero_point, lo, hi)
+                return y if y.dtype == dtype else y.to(dtype)
             os_, oz = m.out_qparams()
-            return QF.quantize_u8(y, os_, oz, int(m.out["qmax"]) - int(m.out["qmin"]))  # type: ignore[index]
+            return QF.quantize_u8(y, os_, oz, hi - lo)
         return y if y.dtype == dtype else y.to(dtype)
 
 
