@@ -199,3 +199,45 @@ def test_wide_activations_after_qat() -> None:
 def test_quantize_u8_refuses_formats_wider_than_its_storage() -> None:
     with pytest.raises(ValueError, match="uint8"):
         QF.quantize_u8(torch.zeros(3), 0.1, 0, 65535)
+
+
+# --- a layer called several times (issue 11, item 6) ------------------------------------------
+
+
+class _Shared(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+        self.s = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.s(torch.relu(self.s(torch.relu(self.a(x)))))
+
+
+@pytest.mark.parametrize("qat", [False, True])
+def test_a_layer_called_twice_converts_with_the_ranges_of_each_call(qat: bool, tmp_path) -> None:
+    torch.manual_seed(0)
+    m = _Shared()
+    data = [torch.randn(4, 8) for _ in range(3)]
+    if qat:
+        tc.prepare_qat(m, tc.QuantConfig(), method="ste", calib_data=data)
+    else:
+        tc.quantize(m.eval(), tc.QuantConfig(), data)
+    assert {"input_a", "output_a", "output_s"} <= set(m.quant_graph.quantizers)
+    m.eval()
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        y_fq = m(x)
+        tc.convert(m)
+        y_int = m(x)
+    assert torch.allclose(y_int, y_fq, atol=1e-5)
+    site = m.quant_graph.sites.s_1
+    assert site.qweight is m.s.qweight and site.weights_of == "s"
+    report = tc.profile(m, x[:1])
+    assert report.total_params == 2 * (8 * 8 + 8)  # the shared weights count once
+    path = tmp_path / "m.safetensors"
+    tc.save(m, path)
+    loaded = tc.load(path, _Shared().eval())
+    assert loaded.quant_graph.sites.s_1.qweight is loaded.s.qweight
+    with torch.no_grad():
+        assert torch.equal(loaded(x), y_int)

@@ -249,6 +249,8 @@ class IntLayerCodec(io.ModuleCodec):
     """Converted integer layers; kernels are re-packed lazily on first use after loading."""
 
     name = "torchcompress.quant.int_layer"
+    #: the integer layers of later calls of a shared layer live in the graph container
+    creates_missing = True
 
     def matches(self, module: nn.Module) -> bool:
         return type(module) is IntLayer

@@ -59,6 +59,9 @@ def _int_layer_cost(
     fmt = "float weights" if w is None else f"int{w['bits']} weights"
     if w is not None and w["bits"] <= 4:
         fmt += " (packed)"
+    if m.weights_of:  # a later call of a shared layer: its weights are counted once, there
+        params = 0
+        fmt += f" of {m.weights_of}"
     return LayerCost(
         macs=_macs(m, output),
         params=params,

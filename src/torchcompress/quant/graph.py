@@ -364,11 +364,16 @@ class QuantGraph(nn.Module):
         converted: the bound graph is the integer graph (after :func:`torchcompress.convert`).
         fuse_residual: residual adds are fused into the convolution before them (else they
             are integer ops of their own).
+        sites: after :func:`torchcompress.convert`, the integer layers of the second and later
+            calls of a layer called several times, named after their graph node.
     """
 
     def __init__(self, leaf_names: list[str] | None = None, *, fuse_residual: bool = True) -> None:
         super().__init__()
         self.quantizers = nn.ModuleDict()
+        #: the integer layers of the second and later calls of a layer the graph calls several
+        #: times (each with its own activation ranges; weights shared with the layer itself)
+        self.sites = nn.ModuleDict()
         self.leaf_names = list(leaf_names or [])
         self.fuse_residual = fuse_residual
         self.converted = False

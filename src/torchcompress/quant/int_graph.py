@@ -113,6 +113,10 @@ def build_integer_graph(model: nn.Module, graph: fx.Graph, *, configure: bool = 
         m = module_of(node, modules)
         return m if isinstance(m, FakeQuantize) else None
 
+    # a layer the graph calls several times: one integer layer per call (their activation
+    # ranges differ), the later ones in the container's ``sites``, sharing the weights
+    originals = {str(g.layer.target): modules[str(g.layer.target)] for g in groups.values()}
+    called: set[str] = set()
     out_fq: dict[fx.Node, fx.Node] = {}  # group tail -> its output quantizer node
     for g in groups.values():
         for u in g.tail.users:
@@ -175,8 +179,11 @@ def build_integer_graph(model: nn.Module, graph: fx.Graph, *, configure: bool = 
             if not fused:
                 out_fq.pop(node, None)
             ofq_node = out_fq.get(node)
+            first_call = name not in called
+            called.add(name)
+            call_name = name if first_call else f"{GRAPH_ATTR}.sites.{g.layer.name}"
             if configure:
-                layer = modules[name]
+                layer = originals[name]
                 in_fq = _producer_fq(x_old, modules, qp)
                 acc_fq = (
                     _producer_fq(g.other, modules, qp) if g.other is not None and fused else None
@@ -190,15 +197,20 @@ def build_integer_graph(model: nn.Module, graph: fx.Graph, *, configure: bool = 
                     unary=g.act_kind if fused else None,
                     graph_mode=True,
                 )
-                set_module(model, name, int_layer)
-                modules[name] = int_layer
+                if first_call:
+                    set_module(model, name, int_layer)
+                else:
+                    getattr(model, GRAPH_ATTR).sites[g.layer.name] = int_layer
+                modules[call_name] = int_layer
+            if not first_call:
+                _share_weights(modules[call_name], modules[name], name)
             args: tuple[Any, ...] = (env[x_old],)
             if g.other is not None and fused:
                 args = (*args, env[g.other])
             if fused:
-                env[node] = new.call_module(name, args)
+                env[node] = new.call_module(call_name, args)
             else:
-                env[g.layer] = new.call_module(name, args)
+                env[g.layer] = new.call_module(call_name, args)
                 for n in (g.add, g.act):
                     if n is not None:
                         env[n] = new.node_copy(n, as_float)
@@ -267,6 +279,15 @@ def _mark_inplace_accum(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
         ok[name] = ok.get(name, True) and safe
     for name, v in ok.items():
         modules[name].accum_inplace_ok = v  # type: ignore[union-attr]
+
+
+def _share_weights(site: nn.Module, layer: nn.Module, name: str) -> None:
+    """Let the integer layer of a later call use the first call's (``name``) weight tensors."""
+    for key in ("qweight", "weight_scale", "weight_zero_point", "bias"):
+        t = layer._buffers.get(key)
+        if t is not None and key in site._buffers:
+            site._buffers[key] = t
+    site.weights_of = name  # type: ignore[assignment]
 
 
 def _alias_chain(node: Any, modules: dict[str, nn.Module]) -> set[fx.Node]:

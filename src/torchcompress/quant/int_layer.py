@@ -191,6 +191,9 @@ class IntLayer(QuantizedModule):
         #: set by the integer graph: the residual operand is not used after this layer, so the
         #: kernel may accumulate into it in place
         self.accum_inplace_ok = False
+        #: the layer whose weight tensors this one shares (a later call of a layer the graph
+        #: calls several times), or ``""``
+        self.weights_of = ""
         self._kernel: Kernel | None = None
         self._kernel_reasons: list[str] = []
         self._qp: dict[str, tuple[float, int]] = {}
@@ -441,8 +444,12 @@ class IntLayer(QuantizedModule):
         return k.note
 
     def stored_bytes(self) -> int:
-        """Bytes of the layer's state (what is saved)."""
-        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+        """Bytes of the layer's state (what is saved; weights shared with another layer, see
+        ``weights_of``, are counted there)."""
+        shared = {"qweight", "weight_scale", "weight_zero_point", "bias"} if self.weights_of else ()
+        return sum(
+            t.numel() * t.element_size() for k, t in self.state_dict().items() if k not in shared
+        )
 
     def extra_repr(self) -> str:
         geo = geometry_repr(self.geometry)
