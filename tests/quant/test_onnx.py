@@ -103,3 +103,43 @@ def test_per_layer_and_weight_only(tmp_path: Path) -> None:
         q = tc.quantize(copy.deepcopy(m), cfg, data, **kw)
         p = tc.export_onnx(q, x, tmp_path / "p.onnx")
         assert torch.allclose(_run(p, x), q(x), atol=1e-4)
+
+
+# --- dtypes and codebooks (issue 11, item 8) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_models_of_other_float_dtypes_export_computing_in_float32(
+    dtype: torch.dtype, mode: str, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(8, 4)).to(dtype).eval()
+    tc.quantize(m, tc.QuantConfig(mode=mode), [torch.randn(4, 8, dtype=dtype)])
+    x = torch.randn(3, 8, dtype=dtype)
+    path = tc.export_onnx(m, x, str(tmp_path / "m.onnx"))
+    s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    io_dtype = torch.float32 if dtype == torch.bfloat16 else dtype
+    y = s.run(None, {s.get_inputs()[0].name: x.to(io_dtype).numpy()})[0]
+    assert torch.from_numpy(y).dtype == io_dtype  # float64 / float16 in, same out
+    with torch.no_grad():
+        want = m(x).to(io_dtype)
+    tol = 1e-5 if dtype == torch.float64 else 2 * torch.finfo(dtype).eps * float(want.abs().max())
+    assert torch.allclose(torch.from_numpy(y), want, atol=tol)
+
+
+def test_kmeans_model_exports_indices_and_codebook(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    tc.kmeans_quantize(m.eval(), bits=4)
+    x = torch.randn(5, 64)
+    path = tc.export_onnx(m, x, str(tmp_path / "k.onnx"))
+    with torch.no_grad():
+        assert torch.allclose(_run(path, x), m(x), atol=1e-5)
+    g = onnx.load(path).graph
+    tensors = [
+        onnx.numpy_helper.to_array(n.attribute[0].t) for n in g.node if n.op_type == "Constant"
+    ]
+    tensors += [onnx.numpy_helper.to_array(i) for i in g.initializer]
+    big = [t for t in tensors if t.size >= 32 * 4]
+    assert sorted(t.dtype.name for t in big) == ["uint8", "uint8"]  # no float weight matrix

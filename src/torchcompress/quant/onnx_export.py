@@ -12,7 +12,13 @@ kernels:
   -> ``MatMulInteger`` -> scales (what onnxruntime's own ``quantize_dynamic`` writes, fused by its
   optimizer into one integer op);
 - anything else (group-wise or wider-than-8-bit weights, per-token activations, narrowed ranges):
-  the exact fake-quant arithmetic in plain ONNX ops (weights as float initializers).
+  the exact fake-quant arithmetic in plain ONNX ops (weights as float initializers);
+- k-means (codebook) layers: ``Gather`` of the float codebook at the uint8 indices (one byte per
+  weight in the file; onnxruntime looks the weights up once when it loads the model).
+
+The graph computes in float32: a float64 or float16 model is exported with ``Cast`` at the graph
+boundary (inputs and outputs keep the model's dtype); a bfloat16 model's graph takes and returns
+float32 (numpy has no bfloat16).
 
 onnxruntime runs the file with outputs equal to the torch fake-quant model up to rounding ties.
 (Its u8*s8 CPU kernels saturate on AVX2 without VNNI exactly like fbgemm's: a model quantized with
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import os
 import warnings
 from typing import Any
@@ -41,9 +48,12 @@ from . import functional as QF
 from .geometry import symmetric_padding
 from .graph import container_of
 from .int_layer import IntLayer
+from .kmeans import KMeansLayer
 from .modules import QuantLayer
 
 __all__ = ["export_onnx"]
+
+log = logging.getLogger(__name__)
 
 
 class _Const:
@@ -136,6 +146,27 @@ class _DynamicLinear(torch.autograd.Function):
         return y
 
 
+class _CodebookWeight(torch.autograd.Function):
+    """A k-means layer's weight; exports as ``Gather(codebook, Cast(uint8 indices))``, so the file
+    keeps one byte per weight and the small float codebook."""
+
+    @staticmethod
+    def forward(ctx: Any, w: Tensor, idx: _Const, codebook: _Const, shape: list[int]) -> Tensor:  # type: ignore[override]
+        return w
+
+    @staticmethod
+    def symbolic(g: Any, w: Any, idx: _Const, codebook: _Const, shape: list[int]) -> Any:
+        iv = g.op("Constant", value_t=idx.t)  # uint8, one index per weight
+        cv = g.op("Constant", value_t=codebook.t)
+        # DequantizeLinear with scale 1 turns the indices into exact floats; unlike a Cast it is
+        # not constant-folded at export, so the file keeps the uint8 indices
+        one = g.op("Constant", value_t=torch.tensor(1.0))
+        zero = g.op("Constant", value_t=torch.tensor(0, dtype=torch.uint8))
+        fidx = g.op("DequantizeLinear", iv, one, zero)
+        flat = g.op("Gather", cv, g.op("Cast", fidx, to_i=6), axis_i=0)  # INT32 indices
+        return g.op("Reshape", flat, g.op("Constant", value_t=torch.tensor(shape)))
+
+
 def _fq_formula(x: Tensor, scale: Tensor, zp: Tensor, qmin: int, qmax: int) -> Tensor:
     """Fake quantization in plain ops (exports as Div/Add/Round/Clip/Sub/Mul)."""
     q = torch.clamp(torch.round(x / scale + zp), qmin, qmax)
@@ -186,6 +217,7 @@ class _ExportLayer(nn.Module):
         self.act: dict[str, Any] | None = None
         self.in_qp: tuple[float, int] | None = None
         self.out: tuple[float, int, int, int] | None = None
+        self.codebook: tuple[_Const, _Const, list[int]] | None = None
 
     def set_weight_ints(
         self, q2d: Tensor, scale: Tensor, zp: Tensor, qmin: int, qmax: int, granularity: str
@@ -225,6 +257,8 @@ class _ExportLayer(nn.Module):
         w = self.weight
         if self.wq is not None:
             w = _WeightDQ.apply(w, *self.wq)
+        elif self.codebook is not None:
+            w = _CodebookWeight.apply(w, *self.codebook)
         a = self.act
         if a is not None and a["dynamic"]:
             dyn = getattr(self, "dyn", None)
@@ -298,62 +332,113 @@ def _act_dict(fq: Any) -> dict[str, Any]:
     }
 
 
+def _fake_quant_twin(m: QuantLayer) -> nn.Module:
+    w = m.quantized_weight()
+    t = _ExportLayer(_export_geometry(m), w, m.bias)
+    if m.input_quant is not None:
+        t.act = _act_dict(m.input_quant)
+        if not m.input_quant.dynamic:
+            t.in_qp = (float(m.input_quant.scale), int(m.input_quant.zero_point.round()))
+    if m.output_quant is not None:
+        f = m.output_quant
+        t.out = (float(f.scale), int(f.zero_point.round()), f.quant_min, f.quant_max)
+    wq = m.weight_quant
+    if wq is not None:
+        rows, cols = m.weight_shape2d
+        q2d = QF.quantize_weight(
+            m.weight.detach().reshape(rows, cols).float(),
+            wq.scale.detach(),
+            wq.zero_point.detach().round().to(torch.int32),
+            wq.quant_min,
+            wq.quant_max,
+            wq.granularity,
+            wq.group_size,
+        )
+        t.set_weight_ints(
+            q2d,
+            wq.scale.detach(),
+            wq.zero_point.detach(),
+            wq.quant_min,
+            wq.quant_max,
+            wq.granularity,
+        )
+    return t
+
+
+def _int_twin(m: IntLayer) -> nn.Module:
+    t = _ExportLayer(_export_geometry(m), m.dequantized_weight(), m.bias)
+    if m.act is not None and not m.graph_mode:  # graph layers: the graph quantizes the input
+        t.act = dict(m.act)
+        if not m.act["dynamic"]:
+            t.in_qp = (float(m.input_scale), int(m.input_zero_point))
+    if m.out is not None and not m.graph_mode:
+        t.out = (
+            float(m.output_scale),
+            int(m.output_zero_point),
+            int(m.out["qmin"]),
+            int(m.out["qmax"]),
+        )
+    if m.wfmt is not None:
+        w = m.wfmt
+        t.set_weight_ints(
+            m.int_weight(),
+            m.weight_scale,
+            m.weight_zero_points(),
+            w["qmin"],
+            w["qmax"],
+            w["granularity"],
+        )
+    return t
+
+
+def _kmeans_twin(m: KMeansLayer) -> nn.Module:
+    t = _ExportLayer(_export_geometry(m), m.weight, m.bias)
+    idx = QF.unpack_int(m.indices, m.bits, 0, m.numel).to(torch.uint8)
+    t.codebook = (_Const(idx), _Const(m.codebook.detach().float()), list(m.weight_shape))
+    return t
+
+
+#: how each compressed layer type is written for the exporter (most derived class first)
+_TWINS: dict[type[nn.Module], Any] = {
+    QuantLayer: _fake_quant_twin,
+    IntLayer: _int_twin,
+    KMeansLayer: _kmeans_twin,
+}
+
+
 def _twin_of(m: nn.Module) -> nn.Module | None:
-    if isinstance(m, QuantLayer):
-        w = m.quantized_weight()
-        t = _ExportLayer(_export_geometry(m), w, m.bias)
-        if m.input_quant is not None:
-            t.act = _act_dict(m.input_quant)
-            if not m.input_quant.dynamic:
-                t.in_qp = (float(m.input_quant.scale), int(m.input_quant.zero_point.round()))
-        if m.output_quant is not None:
-            f = m.output_quant
-            t.out = (float(f.scale), int(f.zero_point.round()), f.quant_min, f.quant_max)
-        wq = m.weight_quant
-        if wq is not None:
-            rows, cols = m.weight_shape2d
-            q2d = QF.quantize_weight(
-                m.weight.detach().reshape(rows, cols).float(),
-                wq.scale.detach(),
-                wq.zero_point.detach().round().to(torch.int32),
-                wq.quant_min,
-                wq.quant_max,
-                wq.granularity,
-                wq.group_size,
-            )
-            t.set_weight_ints(
-                q2d,
-                wq.scale.detach(),
-                wq.zero_point.detach(),
-                wq.quant_min,
-                wq.quant_max,
-                wq.granularity,
-            )
-        return t
-    if isinstance(m, IntLayer):
-        t = _ExportLayer(_export_geometry(m), m.dequantized_weight(), m.bias)
-        if m.act is not None and not m.graph_mode:  # graph layers: the graph quantizes the input
-            t.act = dict(m.act)
-            if not m.act["dynamic"]:
-                t.in_qp = (float(m.input_scale), int(m.input_zero_point))
-        if m.out is not None and not m.graph_mode:
-            t.out = (
-                float(m.output_scale),
-                int(m.output_zero_point),
-                int(m.out["qmin"]),
-                int(m.out["qmax"]),
-            )
-        if m.wfmt is not None:
-            w = m.wfmt
-            t.set_weight_ints(
-                m.int_weight(),
-                m.weight_scale,
-                m.weight_zero_points(),
-                w["qmin"],
-                w["qmax"],
-                w["granularity"],
-            )
-        return t
+    for cls in type(m).__mro__:
+        make = _TWINS.get(cls)
+        if make is not None:
+            return make(m)
+    return None
+
+
+class _Float32Boundary(nn.Module):
+    """Runs a model in float32, casting floating inputs from and outputs to ``dtype``."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = model
+        self.io_dtype = dtype
+
+    def forward(self, *args: Any) -> Any:
+        args = tuple(_cast(a, torch.float32) for a in args)
+        return _cast(self.model(*args), self.io_dtype)
+
+
+def _cast(x: Any, dtype: torch.dtype) -> Any:
+    if isinstance(x, Tensor):
+        return x.to(dtype) if x.is_floating_point() else x
+    if isinstance(x, tuple | list):
+        return type(x)(_cast(v, dtype) for v in x)
+    return x
+
+
+def _model_float_dtype(model: nn.Module) -> torch.dtype | None:
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.is_floating_point() and t.dtype != torch.float32:
+            return t.dtype
     return None
 
 
@@ -409,6 +494,7 @@ def export_onnx(
         raise CompressionStateError(
             "export_onnx needs opset 13 or later (per-channel DequantizeLinear)."
         )
+    model_dtype = _model_float_dtype(model)
     m = copy.deepcopy(model).eval()
     container = container_of(m)
     if container is not None:
@@ -424,6 +510,8 @@ def export_onnx(
         twin = _twin_of(mod)
         if twin is not None:
             set_module(m, name, twin)
+    if model_dtype is not None:
+        m.float()  # the exported graph computes in float32 (see the docstring)
     if isinstance(example_inputs, Tensor):
         args: tuple[Any, ...] = (example_inputs,)
         names = input_names or ["input"]
@@ -435,6 +523,17 @@ def export_onnx(
     else:
         args = tuple(example_inputs)
         names = input_names or [f"input_{i}" if i else "input" for i in range(len(args))]
+    if model_dtype is not None:
+        # float64 and float16 graphs keep the model's input and output dtype (Cast at the
+        # boundary); numpy has no bfloat16, so a bfloat16 model's graph takes and returns float32
+        io_dtype = torch.float32 if model_dtype == torch.bfloat16 else model_dtype
+        log.info(
+            "export_onnx: the %s model is exported computing in float32 (inputs and outputs %s)",
+            str(model_dtype).removeprefix("torch."),
+            str(io_dtype).removeprefix("torch."),
+        )
+        args = tuple(_cast(a, io_dtype) for a in args)
+        m = _Float32Boundary(m, io_dtype)
     outs = output_names or ["output"]
     dyn = dynamic_axes
     if dyn is None and dynamic_batch:
