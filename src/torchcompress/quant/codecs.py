@@ -231,6 +231,7 @@ _INT_LAYER_ARGS = (
     "graph_mode",
     "fuse_siblings",
     "source",
+    "runtime",
 )
 
 #: the convolution arguments files written before layers carried a geometry record
@@ -293,6 +294,7 @@ class KMeansCodec(io.ModuleCodec):
             "geometry": m.geometry.to_dict(),
             "bits": m.bits,
             "source": m.source,
+            "runtime": m.runtime,
             "bias": m.bias is not None,
             "dtype": _dtype_name(m.bias.dtype if m.bias is not None else torch.float32),
         }
@@ -304,6 +306,7 @@ class KMeansCodec(io.ModuleCodec):
             geo,
             spec["bits"],
             source=spec.get("source", ""),
+            runtime=spec.get("runtime", "cache"),
             dtype=_dtype(spec["dtype"]),
             device=device,
         )

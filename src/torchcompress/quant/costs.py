@@ -62,13 +62,29 @@ def _int_layer_cost(
     if m.weights_of:  # a later call of a shared layer: its weights are counted once, there
         params = 0
         fmt += f" of {m.weights_of}"
+    stored = m.stored_bytes()
     return LayerCost(
         macs=_macs(m, output),
         params=params,
         nonzero_params=params,
-        bytes=m.stored_bytes(),
-        note=f"{fmt}: {m.kernel_note()}",
+        bytes=stored,
+        note=f"{fmt}: {m.kernel_note()}{_run_time(stored, m.runtime_bytes())}",
     )
+
+
+def _run_time(stored: int, held: int) -> str:
+    """``"; 1.2 MB in memory at run time"`` where the layer holds more than it stores."""
+    if held <= stored:
+        return ""
+    return f"; {_human(held)} in memory at run time"
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n:.1f} GiB"
 
 
 @register_cost(KMeansLayer)
@@ -76,11 +92,12 @@ def _kmeans_cost(
     module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
 ) -> LayerCost:
     m = cast(KMeansLayer, module)
+    stored = _state_bytes(m)
     return LayerCost(
         macs=_macs(m, output),
         params=_params(m, m.bias),
-        bytes=_state_bytes(m),
-        note=f"{m.bits}-bit codebook: dequantized on the fly",
+        bytes=stored,
+        note=f"{m.bits}-bit codebook: {m.runtime_note()}{_run_time(stored, m.runtime_bytes())}",
     )
 
 

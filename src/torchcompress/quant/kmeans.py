@@ -139,12 +139,17 @@ class KMeansLayer(QuantizedModule):
         bits: int,
         *,
         source: str = "",
+        runtime: str = "cache",
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         self.geometry = geometry
         self.bits = int(bits)
+        #: ``"cache"``: look the weights up on the first call and keep them (float speed, float
+        #: weights in memory at run time); ``"lowbit"``: look them up at every call
+        self.runtime = "lowbit" if runtime == "lowbit" else "cache"
+        self._cached: dict[tuple[torch.device, torch.dtype], tuple[tuple[int, ...], Tensor]] = {}
         self.source = source or geometry.kind
         numel = 1
         for s in self.weight_shape:
@@ -173,15 +178,53 @@ class KMeansLayer(QuantizedModule):
         idx = QF.unpack_int(self.indices, self.bits, 0, self.numel).long()
         return self.codebook[idx].reshape(self.weight_shape)
 
+    def set_runtime(self, runtime: str) -> None:
+        """``"cache"`` or ``"lowbit"`` (``"w4a8"`` has no codebook kernel: cached)."""
+        self.runtime = "lowbit" if runtime == "lowbit" else "cache"
+        self._cached = {}
+
+    def _float_weight(self, dtype: torch.dtype) -> Tensor:
+        if self.runtime == "lowbit":
+            return self.weight.to(dtype)
+        key = (id(self.indices), self.indices._version, id(self.codebook), self.codebook._version)
+        where = (self.indices.device, dtype)
+        hit = self._cached.get(where)
+        if hit is None or hit[0] != key:
+            with torch.no_grad():
+                hit = self._cached[where] = (key, self.weight.to(dtype))
+        return hit[1]
+
+    def runtime_bytes(self) -> int:
+        """Bytes held in memory once the layer has run (its state plus a cached float weight)."""
+        state = sum(t.numel() * t.element_size() for t in self.state_dict().values())
+        return state + sum(w.numel() * w.element_size() for _, w in self._cached.values())
+
     def forward(self, x: Tensor) -> Tensor:
-        w = self.weight.to(x.dtype)
+        w = self._float_weight(x.dtype)
         b = None if self.bias is None else self.bias.to(x.dtype)
         return layer_forward(self.geometry, x, w, b)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> KMeansLayer:
+        self._cached = {}
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_cached"] = {}
+        return state
+
+    def runtime_note(self) -> str:
+        """How the weights are looked up at run time."""
+        if self.runtime == "lowbit":
+            return "dequantized on the fly at every call (codebook lookup; runtime='lowbit')"
+        return (
+            "dequantized on the fly once, then cached in float (codebook lookup; runtime='cache')"
+        )
 
     def extra_repr(self) -> str:
         return (
             f"{self.source} {tuple(self.weight_shape)}, {self.bits}-bit codebook "
-            f"({2**self.bits} centroids): dequantized on the fly (codebook lookup)"
+            f"({2**self.bits} centroids): {self.runtime_note()}"
         )
 
 
