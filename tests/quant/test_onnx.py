@@ -143,3 +143,43 @@ def test_kmeans_model_exports_indices_and_codebook(tmp_path: Path) -> None:
     tensors += [onnx.numpy_helper.to_array(i) for i in g.initializer]
     big = [t for t in tensors if t.size >= 32 * 4]
     assert sorted(t.dtype.name for t in big) == ["uint8", "uint8"]  # no float weight matrix
+
+
+class _Embedder(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(300, 32)
+        self.fc = torch.nn.Linear(32, 16)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.emb(ids))
+
+
+def _float_matrices(path: str) -> int:
+    g = onnx.load(path).graph
+    arrays = [onnx.numpy_helper.to_array(i) for i in g.initializer]
+    arrays += [
+        onnx.numpy_helper.to_array(n.attribute[0].t) for n in g.node if n.op_type == "Constant"
+    ]
+    return sum(a.nbytes for a in arrays if a.dtype.name == "float32" and a.ndim >= 2)
+
+
+def test_int8_model_stores_int8_initializers_only(tmp_path: Path) -> None:
+    """Weights once, as int8, and the embedding table as int8 rows (onnxruntime's own quantizer
+    does the same); ``embeddings='float'`` keeps the table float and the graph exact."""
+    torch.manual_seed(0)
+    m = tc.quantize(_Embedder().eval(), tc.QuantConfig(mode="dynamic"))
+    ids = torch.randint(0, 300, (4, 7))
+    s = ort.InferenceSession(str(tc.export_onnx(m, ids, tmp_path / "e.onnx")))
+    y = torch.from_numpy(s.run(None, {s.get_inputs()[0].name: ids.numpy()})[0])
+    assert _float_matrices(str(tmp_path / "e.onnx")) == 0
+    assert (tmp_path / "e.onnx").stat().st_size < 300 * 32 + 32 * 16 + 4000
+    with torch.no_grad():
+        ref = m(ids)
+    # the table's rounding (half a step of each row) moves the outputs a little
+    assert (y - ref).abs().max() <= 0.05 * ref.abs().max()
+    p = tc.export_onnx(m, ids, tmp_path / "f.onnx", embeddings="float")
+    s = ort.InferenceSession(p)
+    y = torch.from_numpy(s.run(None, {s.get_inputs()[0].name: ids.numpy()})[0])
+    assert torch.allclose(y, ref, atol=1e-4)
+    assert _float_matrices(p) == 300 * 32 * 4
