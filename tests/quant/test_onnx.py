@@ -45,7 +45,8 @@ def test_static_graph_model_qdq(tmp_path: Path) -> None:
     _randomize_bn(m)
     q = tc.quantize(copy.deepcopy(m), tc.QuantConfig(), [torch.randn(4, 3, 8, 8) for _ in range(3)])
     x = torch.randn(7, 3, 8, 8)
-    p = tc.export_onnx(q, torch.randn(1, 3, 8, 8), tmp_path / "r.onnx")
+    # fuse_residual=True: the torch model's own arithmetic (the default form is tested below)
+    p = tc.export_onnx(q, torch.randn(1, 3, 8, 8), tmp_path / "r.onnx", fuse_residual=True)
     ops = _ops(p)
     assert ops.count("QuantizeLinear") == 4 and "DequantizeLinear" in ops
     assert _int8_weights(p) == 4  # stem, conv1, conv2, head weights stored as int8
@@ -60,7 +61,7 @@ def test_static_graph_model_qdq(tmp_path: Path) -> None:
     assert d.mean() <= 0.2 * qerr.mean() + 1e-5
     assert d.max() <= 0.4 * qerr.max() + 1e-4
     c = tc.convert(copy.deepcopy(q))
-    pc = tc.export_onnx(c, x, tmp_path / "rc.onnx")
+    pc = tc.export_onnx(c, x, tmp_path / "rc.onnx", fuse_residual=True)
     assert _ops(pc) == ops
     assert torch.allclose(_run(pc, x), y, atol=1e-6)
 
@@ -183,3 +184,38 @@ def test_int8_model_stores_int8_initializers_only(tmp_path: Path) -> None:
     y = torch.from_numpy(s.run(None, {s.get_inputs()[0].name: ids.numpy()})[0])
     assert torch.allclose(y, ref, atol=1e-4)
     assert _float_matrices(p) == 300 * 32 * 4
+
+
+def _optimized_ops(path: str, tmp_path: Path) -> set[str]:
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    return {n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node}
+
+
+def test_default_export_quantizes_before_fused_residual_adds(tmp_path: Path) -> None:
+    """The form onnxruntime runs fastest: the convolution before a residual add gets its own
+    output quantizer (calibrated by tc.quantize), so onnxruntime fuses QLinearConv + QLinearAdd
+    instead of running that convolution in float."""
+    torch.manual_seed(0)
+    m = TinyResNet().eval()
+    _randomize_bn(m)
+    q = tc.quantize(copy.deepcopy(m), tc.QuantConfig(), [torch.randn(4, 3, 8, 8) for _ in range(3)])
+    assert list(q.quant_graph.export_ranges) == ["block_conv2"]
+    assert q.quant_graph.export_ranges["block_conv2"].calibrated
+    x = torch.randn(7, 3, 8, 8)
+    p = tc.export_onnx(q, x[:1], tmp_path / "r.onnx")
+    assert _ops(p).count("QuantizeLinear") == 5  # one more than the fused form
+    ops = _optimized_ops(p, tmp_path)
+    assert {"QLinearConv", "QLinearAdd"} <= ops and "FusedConv" not in ops
+    assert "FusedConv" in _optimized_ops(
+        tc.export_onnx(q, x[:1], tmp_path / "f.onnx", fuse_residual=True), tmp_path
+    )
+    y, ref, fp = _run(p, x), q(x), m(x)
+    # one more rounding than the torch model: well inside its quantization error
+    assert (y - ref).abs().mean() <= 0.5 * (ref - fp).abs().mean() + 1e-5
+    c = tc.convert(copy.deepcopy(q))
+    tc.save(c, tmp_path / "c.safetensors")
+    loaded = tc.load(tmp_path / "c.safetensors", TinyResNet().eval())
+    pc = tc.export_onnx(loaded, x[:1], tmp_path / "rc.onnx")
+    assert torch.allclose(_run(pc, x), y, atol=1e-5)

@@ -327,12 +327,15 @@ class QuantGraphCodec(io.ModuleCodec):
             "converted": module.converted,
             "fuse_residual": module.fuse_residual,
             "quantizers": {k: fq_spec(v) for k, v in module.quantizers.items()},  # type: ignore[union-attr, arg-type]
+            "export_ranges": {k: fq_spec(v) for k, v in module.export_ranges.items()},  # type: ignore[union-attr, arg-type]
         }
 
     def decode(self, spec: dict[str, Any], current: nn.Module | None) -> nn.Module:
         c = QuantGraph(spec["leaf_names"], fuse_residual=spec.get("fuse_residual", True))
         for k, v in spec["quantizers"].items():
             c.quantizers[k] = fq_from_spec(v)  # type: ignore[assignment]
+        for k, v in spec.get("export_ranges", {}).items():
+            c.export_ranges[k] = fq_from_spec(v)  # type: ignore[assignment]
         c.converted = bool(spec["converted"])
         return c
 

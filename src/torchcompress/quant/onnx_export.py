@@ -444,6 +444,28 @@ def _twin_of(m: nn.Module) -> nn.Module | None:
     return None if make is None else make(m)
 
 
+def _quantize_before_residual_adds(m: nn.Module, container: Any) -> None:
+    """Quantize the output of each layer whose residual add the torch graph fuses, with the range
+    calibrated there (layers called once)."""
+    graph = container.fake_graph
+    if graph is None or not len(container.export_ranges):
+        return
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
+    for node in graph.nodes:
+        if node.op != "call_module" or node.name not in container.export_ranges:
+            continue
+        fq = container.export_ranges[node.name]
+        twin = m.get_submodule(str(node.target))
+        if not fq.calibrated or calls[str(node.target)] != 1 or not isinstance(twin, _ExportLayer):
+            continue
+        qp = (float(fq.scale), int(fq.zero_point.round()), int(fq.quant_min), int(fq.quant_max))
+        if twin.out is None and _zp_dtype(qp[2], qp[3], qp[1]) is not None:
+            twin.out = qp
+
+
 class _Float32Boundary(nn.Module):
     """Runs a model in float32, casting floating inputs from and outputs to ``dtype``."""
 
@@ -483,6 +505,7 @@ def export_onnx(
     dynamic_batch: bool = True,
     dynamic_axes: dict[str, dict[int, str]] | None = None,
     embeddings: str = "int8",
+    fuse_residual: bool | None = None,
 ) -> str:
     """Export a quantized model (fake-quant or converted) to ONNX with QDQ quantization.
 
@@ -506,6 +529,15 @@ def export_onnx(
             (a transformer's word embeddings are most of its float bytes: 47 of MiniLM's 59 MB);
             ``"float"`` keeps them float (the graph then computes exactly what the torch model
             does).
+        fuse_residual: for a model quantized in graph mode with residual adds fused into the
+            convolutions before them (``tc.quantize``'s default, the fastest form in torch):
+            ``None`` (default) writes each such layer's output quantized before the add, with the
+            range calibrated there by ``tc.quantize``, which onnxruntime runs as ``QLinearConv``
+            + ``QLinearAdd`` (about twice as fast as the fused form, which it cannot fuse; one
+            more rounding than the torch model, as in onnxruntime's own quantizer); ``True``
+            writes exactly the torch model's arithmetic (the add in float, then quantized).
+            Models quantized with ``fuse_residual=False``, quantized before this option existed,
+            or prepared for QAT, export as they compute.
 
     Returns:
         The path written.
@@ -551,6 +583,8 @@ def export_onnx(
             twin = _int8_embedding(mod)
         if twin is not None:
             set_module(m, name, twin)
+    if container is not None and not fuse_residual:
+        _quantize_before_residual_adds(m, container)
     if model_dtype is not None:
         m.float()  # the exported graph computes in float32 (see the docstring)
     if isinstance(example_inputs, Tensor):
