@@ -94,7 +94,7 @@ def weight_only(report: Report, quick: bool) -> None:
             with torch.no_grad():
                 for m in variants.values():
                     m(x)
-            fns = {n: (lambda m=m: m(x)) for n, m in variants.items()}
+            fns = {n: (lambda m=m, x=x: m(x)) for n, m in variants.items()}
             t = time_variants(fns, baseline="fp32", rounds=rounds, min_time=0.1 if quick else 0.3)
             for n in variants:
                 lo, hi = t.ratio_range[n]

@@ -562,6 +562,11 @@ class DequantKernel(Kernel):
         #: keep the dequantized weights after the first call (every runtime but ``"lowbit"``)
         self.cache = m.wfmt is not None and m.runtime != "lowbit"
         self._cached: dict[torch.dtype, tuple[tuple[int, ...], Tensor, Tensor | None]] = {}
+        #: a weight-only layer with nothing fused: float input -> the float layer's own op
+        self.plain = (
+            self.cache and m.act is None and m.out is None and not m.has_accum and not m.unary
+        )
+        self.kind = m.geometry.layer_kind
 
     def weights(self, m: IntLayer, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
         """The float weight and bias in ``dtype`` (dequantized again if the state changed)."""
@@ -571,7 +576,7 @@ class DequantKernel(Kernel):
         hit = self._cached.get(dtype)
         if hit is None or hit[0] != key:
             with torch.no_grad():
-                w = m.dequantized_weight().to(dtype)
+                w = m.dequantized_weight().to(dtype).contiguous()
                 b = None if m.bias is None else m.bias.to(dtype)
             hit = self._cached[dtype] = (key, w, b)
         return hit[1], hit[2]
@@ -580,6 +585,10 @@ class DequantKernel(Kernel):
         return sum(w.numel() * w.element_size() for _, w, _ in self._cached.values())
 
     def __call__(self, m: IntLayer, x: Tensor, accum: Tensor | None) -> Tensor:
+        if self.plain and accum is None:  # the common weight-only case, with little overhead
+            hit = self._cached.get(x.dtype)
+            if hit is not None and hit[0] == _state_key(m):
+                return self.kind.forward(m.geometry, x, hit[1], hit[2])
         dtype = x.dtype if x.is_floating_point() else m.float_dtype
         xf = m.simulate_input(x)
         w, b = self.weights(m, xf.dtype)
@@ -601,11 +610,18 @@ class DequantKernel(Kernel):
 def _state_key(m: IntLayer) -> tuple[int, ...]:
     """Identifies the state the weights are dequantized from (changes when a tensor is replaced
     or written in place, e.g. by ``load_state_dict``)."""
-    key: list[int] = []
-    for t in (m.qweight, m.weight_scale, m.weight_zero_point, m.bias):
-        if t is not None:
-            key += [id(t), t._version]
-    return tuple(key)
+    b = m._buffers  # (not the module's attribute lookup: this runs at every call)
+    q, s, z, bias = b["qweight"], b["weight_scale"], b["weight_zero_point"], b.get("bias")
+    return (
+        id(q),
+        q._version,
+        id(s),
+        s._version,
+        id(z),
+        z._version,
+        id(bias),
+        -1 if bias is None else bias._version,
+    )
 
 
 def select_kernel(m: IntLayer, device: torch.device) -> tuple[Kernel, list[str]]:

@@ -186,12 +186,14 @@ class KMeansLayer(QuantizedModule):
     def _float_weight(self, dtype: torch.dtype) -> Tensor:
         if self.runtime == "lowbit":
             return self.weight.to(dtype)
-        key = (id(self.indices), self.indices._version, id(self.codebook), self.codebook._version)
-        where = (self.indices.device, dtype)
+        b = self._buffers  # (not the module's attribute lookup: this runs at every call)
+        idx, cb = b["indices"], b["codebook"]
+        key = (id(idx), idx._version, id(cb), cb._version)
+        where = (idx.device, dtype)
         hit = self._cached.get(where)
         if hit is None or hit[0] != key:
             with torch.no_grad():
-                hit = self._cached[where] = (key, self.weight.to(dtype))
+                hit = self._cached[where] = (key, self.weight.to(dtype).contiguous())
         return hit[1]
 
     def runtime_bytes(self) -> int:
@@ -201,7 +203,9 @@ class KMeansLayer(QuantizedModule):
 
     def forward(self, x: Tensor) -> Tensor:
         w = self._float_weight(x.dtype)
-        b = None if self.bias is None else self.bias.to(x.dtype)
+        b = self._buffers.get("bias")
+        if b is not None and b.dtype != x.dtype:
+            b = b.to(x.dtype)
         return layer_forward(self.geometry, x, w, b)
 
     def _apply(self, fn: Any, recurse: bool = True) -> KMeansLayer:
