@@ -209,21 +209,10 @@ class GraphPlan:
             fq.to(layer.weight.device)  # type: ignore[arg-type]
             container.export_ranges[g.layer.name] = fq
             out.setdefault(name, []).append(fq)
-            layer.register_forward_hook(_ObserveOutput(fq))
+            layer.observe_output_with(fq)  # type: ignore[operator]
         insert_points(self.graph, points)
         container.bind(model, self.graph)
         return out
-
-
-class _ObserveOutput:
-    """A forward hook feeding a layer's output to an export-only quantizer while it observes."""
-
-    def __init__(self, fq: FakeQuantize) -> None:
-        self.fq = fq
-
-    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self.fq.observing:
-            self.fq.observe(output)
 
 
 def _needs_int(
