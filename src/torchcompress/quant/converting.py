@@ -92,6 +92,10 @@ def convert(model: nn.Module, *, fuse_siblings: bool = True, runtime: str = "cac
         >>> m = tc.convert(tc.quantize(m, tc.QuantConfig(mode="dynamic")))
         >>> m[0].qweight.dtype, m[0](torch.randn(2, 64)).shape
         (torch.uint8, torch.Size([2, 64]))
+        >>> w4 = tc.QuantConfig(weight=tc.IntSpec(4, granularity="channel"), activation=None)
+        >>> m = tc.convert(tc.quantize(torch.nn.Sequential(torch.nn.Linear(64, 64)), w4))
+        >>> m[0].runtime, tc.convert(m, runtime="lowbit")[0].runtime
+        ('cache', 'lowbit')
     """
     if runtime not in RUNTIMES:
         raise ConfigError(f"convert(runtime={runtime!r}) must be one of {list(RUNTIMES)}.")
