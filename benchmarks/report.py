@@ -27,6 +27,7 @@ ORDER = [
     "train_loop",
     "quant_minilm",
     "quant_cnn",
+    "deploy",
     "qat_cnn",
     "prune_minilm",
     "prune_cnn",
