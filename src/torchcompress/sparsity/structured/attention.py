@@ -68,28 +68,32 @@ class MultiheadAttentionHandler(ModuleHandler):
         why = ctx.reason(f"{name}: the query's width is embed_dim, fixed here")
         g.tie(lq, per, why)
         if mha._qkv_same_embed_dim:
-            g.bind(_j(name, "in_proj_weight"), 0, np.concatenate([per, per, per]), name)
-            g.bind(_j(name, "in_proj_weight"), 1, per, name)
+            g.bind(ctx.key(mha, name, "in_proj_weight"), 0, np.concatenate([per, per, per]), name)
+            g.bind(ctx.key(mha, name, "in_proj_weight"), 1, per, name)
             g.tie(lk, per, why)
             g.tie(lv, per, why)
         else:
-            g.bind(_j(name, "q_proj_weight"), 0, per, name)
-            g.bind(_j(name, "q_proj_weight"), 1, per, name)
+            g.bind(ctx.key(mha, name, "q_proj_weight"), 0, per, name)
+            g.bind(ctx.key(mha, name, "q_proj_weight"), 1, per, name)
             for attr, lab in (("k_proj_weight", lk), ("v_proj_weight", lv)):
-                g.bind(_j(name, attr), 0, per, name)
+                g.bind(ctx.key(mha, name, attr), 0, per, name)
                 if lab is not None:
-                    g.bind(_j(name, attr), 1, lab, name)
+                    g.bind(ctx.key(mha, name, attr), 1, lab, name)
         if isinstance(mha.in_proj_bias, Tensor):
-            g.bind(_j(name, "in_proj_bias"), 0, np.concatenate([per, per, per]), name)
+            g.bind(ctx.key(mha, name, "in_proj_bias"), 0, np.concatenate([per, per, per]), name)
         for attr in ("bias_k", "bias_v"):
             if isinstance(getattr(mha, attr, None), Tensor):
-                g.bind(_j(name, attr), 2, per, name)
-        g.bind(_j(name, "out_proj.weight"), 1, per, name)
+                g.bind(ctx.key(mha, name, attr), 2, per, name)
+        g.bind(ctx.key(mha.out_proj, _j(name, "out_proj"), "weight"), 1, per, name)
         rows = g.produce(
-            _j(name, "out_proj.weight"), 0, mha.out_proj.out_features, origin=name, binder=name
+            ctx.key(mha.out_proj, _j(name, "out_proj"), "weight"),
+            0,
+            mha.out_proj.out_features,
+            origin=name,
+            binder=name,
         )
         if isinstance(mha.out_proj.bias, Tensor):
-            g.bind(_j(name, "out_proj.bias"), 0, rows, name)
+            g.bind(ctx.key(mha.out_proj, _j(name, "out_proj"), "bias"), 0, rows, name)
         ctx.set_label(out, -1, rows)
         self._costs(ctx, mha, q, k, heads, rows, lq, lk, lv)
 

@@ -22,7 +22,7 @@ Example:
     >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     >>> a = analyse(model, example_batch(model, torch.randn(3, 4)))
     >>> [(len(g.units), [str(m) for m in g.members]) for g in a.groups]
-    [(8, ['0.weight[0]', '0.bias[0]', '2.weight[1]'])]
+    [(8, ['0.weight[0]', '2.weight[1]', '0.bias[0]'])]
 """
 
 from __future__ import annotations

@@ -57,6 +57,16 @@ class Context:
         entry = self._names.get(id(t))
         return entry[1] if entry is not None and entry[0] is t else None
 
+    def key(self, module: nn.Module, name: str, attr: str) -> str:
+        """The key of ``module.<attr>`` (qualified ``name``): a tensor's name in the model (tied
+        tensors have one), else ``"name.attr"`` (``"name#attr"`` for pseudo-attributes)."""
+        if attr.startswith("#"):
+            return f"{name}{attr}"
+        found = self.param_name(getattr(module, attr, None))
+        if found is not None:
+            return found
+        return f"{name}.{attr}" if name else attr
+
     # -- labels ------------------------------------------------------------------------------------
     def labels(self, t: Any) -> Labels:
         """The labels of tensor ``t`` (for a parameter or buffer: its bound or passive ids)."""

@@ -179,7 +179,7 @@ class WeightLayerHandler(ModuleHandler):
             ctx.graph.fix(ctx.labeled([x]), ctx.reason(f"{name}: an input that is not a tensor"))
             return
         o_ax, i_ax = kind.weight_axes  # type: ignore[union-attr]
-        key = _join(name, "weight")
+        key = ctx.key(module, name, "weight")
         sd = geo.spatial_dims
         x_dim = -1 if sd == 0 else x.dim() - sd - 1
         y_dim = -1 if sd == 0 else y.dim() - sd - 1
@@ -210,7 +210,7 @@ class WeightLayerHandler(ModuleHandler):
                 ctx.graph.bind(key, i_ax, cols[0], name)
                 factors.append(cols[0])
         if isinstance(getattr(module, "bias", None), Tensor):
-            ctx.graph.bind(_join(name, "bias"), 0, out, name)
+            ctx.graph.bind(ctx.key(module, name, "bias"), 0, out, name)
         ctx.set_label(y, y_dim, out)
         ctx.add_cost(geo.macs(geo.output_positions(y)), factors)
 
@@ -272,7 +272,7 @@ def _bind_existing(
 ) -> None:
     for a in attrs:
         if isinstance(getattr(module, a, None), Tensor) and getattr(module, a).dim() > dim:
-            ctx.graph.bind(_join(name, a), dim, ids, name)
+            ctx.graph.bind(ctx.key(module, name, a), dim, ids, name)
 
 
 class BatchNormHandler(ModuleHandler):
@@ -366,7 +366,7 @@ class EmbeddingHandler(ModuleHandler):
 
     def propagate(self, ctx: Context, name: str, module: nn.Module, call: ModuleCall) -> None:
         y = _first_output(call)
-        key = _join(name, "weight")
+        key = ctx.key(module, name, "weight")
         rows = ctx.graph.bound(key, 0)
         if rows is None:
             rows = ctx.graph.bind(

@@ -94,11 +94,12 @@ def apply_pruning(
     if not keep:
         return []
     where = _locations(model)
-    changed: dict[str, nn.Module] = {}
+    names = {id(m): n for n, m in model.named_modules()}
     by_key: dict[str, dict[int, Tensor]] = {}
     for (key, dim), idx in keep.items():
         by_key.setdefault(key, {})[dim] = idx
-    names = {id(m): n for n, m in model.named_modules()}
+    # what each module's handler is told: the tensors it holds, the keys it bound
+    per_module: dict[str, Keep] = {}
     with torch.no_grad():
         for key, dims in by_key.items():
             owner, attr = split_key(key)
@@ -109,29 +110,30 @@ def apply_pruning(
             for dim, idx in sorted(dims.items()):
                 new = new.index_select(dim, idx.to(new.device))
             new = new.contiguous()
-            for module, name, is_param in where.get(id(t), []):
+            if isinstance(t, nn.Parameter):
+                new = nn.Parameter(new, requires_grad=t.requires_grad)
+            for module, local, is_param in where.get(id(t), []):
                 if is_param:
-                    module._parameters[name] = nn.Parameter(new, requires_grad=t.requires_grad)
+                    module._parameters[local] = new
                 else:
-                    module._buffers[name] = new
-                changed[names[id(module)]] = module
-    # leaf handlers: the keys they bound
-    per_binder: dict[str, Keep] = {}
+                    module._buffers[local] = new
+                per_module.setdefault(names[id(module)], {})[local] = dict(dims)
     for (key, dim), idx in keep.items():
         b = binders.get((key, dim))
-        owner = b if b is not None else split_key(key)[0]
-        per_binder.setdefault(owner, {}).setdefault(_local(key, owner), {})[dim] = idx
-    for owner, local in per_binder.items():
-        module = model.get_submodule(owner)
+        if b is not None:
+            per_module.setdefault(b, {}).setdefault(_local(key, b), {})[dim] = idx
+    changed: dict[str, nn.Module] = {}
+    for name in sorted(per_module, key=lambda n: -n.count(".")):
+        module = model.get_submodule(name)
         h = handler_for(module)
         if h is not None:
-            h.resize(module, local, owner)
-        changed[owner] = module
+            h.resize(module, per_module[name], name)
+        changed[name] = module
     # other handlers (blocks around layers), deepest first
     touched = list(changed)
     for name, module in reversed(list(model.named_modules())):
         h = handler_for(module)
-        if h is None or h.leaf or name in per_binder:
+        if h is None or h.leaf or name in per_module:
             continue
         prefix = name + "." if name else ""
         if not any(t.startswith(prefix) for t in touched if t != name):

@@ -1,0 +1,133 @@
+"""The channel graph, the op rules and the criteria, piece by piece."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import torchcompress as tc
+from torchcompress.batches import example_batch
+from torchcompress.sparsity.structured import IMPORTANCE, ChannelGraph, ScoreContext, analyse
+from torchcompress.sparsity.structured.context import Context
+from torchcompress.sparsity.structured.rules import reshape_labels
+from torchcompress.testing import TinyCNN
+
+
+def test_union_find_fixed_and_passive_units() -> None:
+    g = ChannelGraph()
+    a = g.produce("l1.weight", 0, 3, origin="l1")
+    b = g.produce("l2.weight", 0, 3, origin="l2")
+    p = g.passive("pos", 0, 3)  # a parameter met in a generic op: follows, never leads
+    g.union(a, b)
+    g.bind("l3.weight", 1, b)
+    g.fix(a[:1], "kept for a reason")
+    groups = g.groups()
+    assert len(groups) == 1 and len(groups[0].units) == 2
+    assert groups[0].units[0].slices[("l3.weight", 1)] == [1]
+    assert all(("pos", 0) not in u.slices for u in groups[0].units)
+    g.union(p, a)  # coupled to a layer's channels: it follows them
+    assert ("pos", 0) in g.groups()[0].units[0].slices
+    assert g.reasons()[g.find(int(b[0]))] == "kept for a reason"
+
+
+def test_reshape_rules() -> None:
+    ctx = Context(nn.Linear(1, 1))
+    ids = ctx.graph.fresh(4)
+    # flatten (C=4, 2, 2) -> 16: each id repeated over its block
+    out = reshape_labels(ctx, {1: ids}, (2, 4, 2, 2), (2, 16), "x")
+    assert out[1].tolist() == np.repeat(ids, 4).tolist()
+    # split 4 -> (2 heads, 2): each head one block, the head dimension labeled
+    heads = ctx.graph.fresh(4)
+    out = reshape_labels(ctx, {2: heads}, (1, 3, 4), (1, 3, 2, 2), "x")
+    assert list(out) == [2] and len(out[2]) == 2
+    assert ctx.graph.find(int(heads[0])) == ctx.graph.find(int(heads[1]))
+    assert ctx.graph.find(int(heads[1])) != ctx.graph.find(int(heads[2]))
+    # two labeled dimensions merged: kept
+    c2 = ctx.graph.fresh(2)
+    assert reshape_labels(ctx, {0: c2, 1: ids}, (2, 4), (8,), "merged") == {}
+    assert ctx.graph.fixed[int(c2[0])] == "merged"
+
+
+def test_rules_follow_permute_index_reduce_and_cat() -> None:
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(3, 4)
+            self.b = nn.Linear(3, 4)
+            self.c = nn.Linear(8, 2)
+
+        def forward(self, x):  # x: (B, T, 3)
+            h = torch.cat([self.a(x), self.b(x)], -1)  # (B, T, 8)
+            h = h.permute(0, 2, 1)[:, :, 0]  # (B, 8): the first token
+            return self.c(h.unsqueeze(-1).mean(-1))
+
+    m = M()
+    a = analyse(m, example_batch(m, torch.randn(2, 5, 3)))
+    names = sorted(g.name for g in a.groups)
+    assert names == ["a", "b"]
+    b = next(g for g in a.groups if g.name == "b")
+    assert b.units[0].slices[("c.weight", 1)] == [4]  # b's channels sit at offset 4 in c
+
+
+def test_costs_match_the_profile() -> None:
+    m = TinyCNN().eval()
+    x = torch.randn(2, 3, 8, 8)
+    a = analyse(m, example_batch(m, x))
+    terms = sum(macs for macs, _ in a.costs)
+    assert terms == tc.profile(m, x).total_macs
+
+
+def _group(model: nn.Module, x: torch.Tensor, name: str):
+    return next(g for g in analyse(model, example_batch(model, x)).groups if g.name == name)
+
+
+def test_l1_l2_rank_by_weight_norms() -> None:
+    m = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([[1.0, 1, 1, 1], [2.0, 0, 0, 0], [0.1, 0.1, 0.1, 0.1]]))
+        m[2].weight.fill_(1.0)
+    g = _group(m, torch.randn(1, 4), "0")
+    l1, _ = IMPORTANCE.get("l1").scores(g, m, ScoreContext())
+    l2, _ = IMPORTANCE.get("l2").scores(g, m, ScoreContext())
+    # L1: rows 4 and 2 (and 0.4), plus the consumer's equal columns; L2: 2, 2 and 0.2
+    assert l1.argsort().tolist() == [2, 1, 0]
+    assert float(l2[0]) == pytest.approx(float(l2[1])) and int(l2.argmin()) == 2
+    assert float(l1.mean()) == pytest.approx(1.0, abs=0.2)  # normalised per member
+
+
+def test_bn_scale_ranks_by_gamma_and_falls_back() -> None:
+    m = TinyCNN().eval()
+    with torch.no_grad():
+        m.bn1.weight.copy_(torch.arange(8, 0, -1, dtype=torch.float32))
+    x = torch.randn(1, 3, 8, 8)
+    g = _group(m, x, "conv1")
+    s, note = IMPORTANCE.get("bn_scale").scores(g, m, ScoreContext())
+    assert s.argsort().tolist() == list(range(7, -1, -1)) and note == ""
+    mlp = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    _, note = IMPORTANCE.get("bn_scale").scores(
+        _group(mlp, torch.randn(1, 4), "0"), mlp, ScoreContext()
+    )
+    assert "l2" in note
+
+
+def test_taylor_uses_gradients() -> None:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    with torch.no_grad():
+        m[2].weight[:, 5] = 0.0  # unit 5 cannot change the loss: no gradient reaches its row
+    data = [(torch.randn(16, 4), torch.randint(0, 3, (16,))) for _ in range(2)]
+    tc.prune_channels(m, torch.randn(1, 4), 1 / 6, criterion="taylor", data=data)
+    rep = tc.sparsity.channel_report(m)
+    assert rep.groups[0].removed_units == [5] and rep.groups[0].criterion == "taylor"
+
+
+def test_random_is_seeded() -> None:
+    m = TinyCNN()
+    x = torch.randn(1, 3, 8, 8)
+    g = _group(m, x, "conv2")
+    a, _ = IMPORTANCE.get("random").scores(g, m, ScoreContext(seed=3))
+    b, _ = IMPORTANCE.get("random").scores(g, m, ScoreContext(seed=3))
+    c, _ = IMPORTANCE.get("random").scores(g, m, ScoreContext(seed=4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
