@@ -618,8 +618,8 @@ def test_categories_for_shape_following() -> None:
     with Recorder(nn.Identity(), [log]):
         x.transpose(1, 2)
         x.permute(0, 2, 1)
-        x.mT
-        x > 0
+        _ = x.mT
+        _ = x > 0
         x.to(torch.float64)
         x.softmax(-1)
         F.normalize(x, dim=-1)

@@ -192,5 +192,5 @@ def test_nothing_to_prune_is_said() -> None:
 
 
 def test_not_a_module() -> None:
-    with pytest.raises(TypeError, match="nn.Module"):
+    with pytest.raises(TypeError, match=r"nn\.Module"):
         tc.prune_channels(lambda x: x, X, 0.5)  # type: ignore[arg-type]

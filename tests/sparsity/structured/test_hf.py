@@ -90,7 +90,9 @@ def test_bert_prunes_again_from_the_pruned_model() -> None:
     m = small_bert()
     x = inputs()
     tc.prune_channels(m, x, 0.25, criterion="random")
-    first = {i: list(l.attention.self._torchcompress_heads) for i, l in enumerate(m.encoder.layer)}
+    first = {
+        i: list(lay.attention.self._torchcompress_heads) for i, lay in enumerate(m.encoder.layer)
+    }
     tc.prune_channels(m, x, 0.5, criterion="random", seed=1)
     for i, layer in enumerate(m.encoder.layer):
         heads = layer.attention.self._torchcompress_heads
