@@ -131,3 +131,16 @@ def test_random_is_seeded() -> None:
     b, _ = IMPORTANCE.get("random").scores(g, m, ScoreContext(seed=3))
     c, _ = IMPORTANCE.get("random").scores(g, m, ScoreContext(seed=4))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_wanda_weighs_columns_by_activation_norms_without_labels() -> None:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    with torch.no_grad():
+        m[0].bias.fill_(1.0)
+        m[0].bias[2] = -100.0  # unit 2 is always 0 after the ReLU: nothing flows through it
+        m[2].weight[:, 2] = 5.0  # even with large weights reading it
+    data = [torch.randn(16, 4) for _ in range(2)]  # no targets
+    tc.prune_channels(m, torch.randn(1, 4), 1 / 6, criterion="wanda", data=data)
+    rep = tc.sparsity.channel_report(m)
+    assert rep.groups[0].removed_units == [2] and rep.groups[0].criterion == "wanda"

@@ -72,8 +72,8 @@ def _scores(
     if crit.statistics:
         if data is None:
             raise ConfigError(
-                f"criterion={cfg.criterion!r} needs data= (batches with targets) and optionally "
-                "loss_fn=; or choose 'l2', 'l1', 'bn_scale' or 'random'."
+                f"criterion={cfg.criterion!r} needs data= (batches; with targets or a loss_fn= for "
+                "gradients); or choose 'l2', 'l1', 'bn_scale' or 'random'."
             )
         names = sorted(
             {
@@ -166,7 +166,7 @@ def prune_channels(
 
     The approach follows DepGraph (Fang et al. 2023, "DepGraph: Towards Any Structural Pruning"),
     built on torchcompress's recorder; criteria: Li et al. 2017 (L1/L2), Liu et al. 2017 (BN scale),
-    Molchanov et al. 2017/2019 (Taylor).
+    Molchanov et al. 2017/2019 (Taylor), Sun et al. 2023 (Wanda, summed per channel).
 
     Args:
         model: the model (changed in place and returned).
@@ -175,11 +175,12 @@ def prune_channels(
         ratio: fraction of channels to remove (see :class:`ChannelPruneConfig`), or a config.
         target: ``{"macs": r}`` or ``{"params": r}``: the fraction of the unpruned model's cost to
             keep at most; the ratio is searched (instead of ``ratio``).
-        criterion: ``"l2"`` (default), ``"l1"``, ``"bn_scale"``, ``"taylor"``, ``"random"``.
+        criterion: ``"l2"`` (default), ``"l1"``, ``"bn_scale"``, ``"taylor"``, ``"wanda"``,
+            ``"random"``.
         scope: ``"local"`` (default) or ``"global"``.
         round_to: keep channel counts at multiples of this.
         ignore: glob patterns of protected modules (outputs kept; blocks kept whole).
-        data: batches for ``"taylor"`` (inputs and targets).
+        data: batches for ``"taylor"`` (inputs and targets) and ``"wanda"`` (inputs).
         loss_fn: ``(output, target) -> loss`` for ``"taylor"`` (default: cross-entropy).
         max_ratio: the largest fraction of any group that may go (default 0.9).
         relative_to: what ``target`` is a fraction of: ``"original"`` (default: the model before

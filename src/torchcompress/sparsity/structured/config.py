@@ -28,8 +28,9 @@ class ChannelPruneConfig(Config):
             ``{"params": 0.4}``; the ratio is searched so that the pruned model costs at most that
             (and one rounding step more would too). With ``relative_to="original"`` a model pruned
             before is measured against the model before its first ``prune_channels``.
-        criterion: ``"l2"`` (default), ``"l1"``, ``"bn_scale"``, ``"taylor"`` (needs ``data``) or
-            ``"random"``; any name in :data:`~torchcompress.sparsity.structured.IMPORTANCE`.
+        criterion: ``"l2"`` (default), ``"l1"``, ``"bn_scale"``, ``"taylor"`` (needs ``data`` with
+            targets, or ``loss_fn``), ``"wanda"`` (needs ``data``, no labels) or ``"random"``; any
+            name in :data:`~torchcompress.sparsity.structured.IMPORTANCE`.
         scope: ``"local"`` (every group loses the same fraction) or ``"global"`` (one ranking
             across groups, scores normalised per group).
         round_to: keep channel counts at multiples of this (8, 16) where a group is that wide.

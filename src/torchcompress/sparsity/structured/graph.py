@@ -115,6 +115,23 @@ class Group:
     members: list[Member]
     units: list[Unit]
     origin: str = ""
+    _unit_of: dict[tuple[str, int], np.ndarray] = field(default_factory=dict, repr=False)
+
+    def unit_of(self, member: Member) -> np.ndarray:
+        """For each index along ``member``, the unit (position in :attr:`units`) owning it, or -1."""
+        k = (member.key, member.dim)
+        cached = self._unit_of.get(k)
+        if cached is None:
+            pos: list[int] = []
+            owner: list[int] = []
+            for u, unit in enumerate(self.units):
+                p = unit.slices[k]
+                pos.extend(p)
+                owner.extend([u] * len(p))
+            cached = np.full(member.size, -1, dtype=np.int64)
+            cached[np.asarray(pos, dtype=np.int64)] = np.asarray(owner, dtype=np.int64)
+            self._unit_of[k] = cached
+        return cached
 
     @property
     def name(self) -> str:
@@ -244,24 +261,53 @@ class ChannelGraph:
             out.setdefault(self.find(i), why)
         return out
 
+    def roots(self) -> np.ndarray:
+        """The representative of every id (``roots()[i] == find(i)``)."""
+        return np.fromiter(
+            (self.find(i) for i in range(len(self._parent))), np.int64, len(self._parent)
+        )
+
     def units(self) -> tuple[list[Unit], dict[int, str]]:
         """``(prunable units, fixed class root -> reason)``.
 
         A unit is prunable when its class holds an active id, no fixed id and owns some slice.
         """
         fixed = self.reasons()
-        active_roots = {self.find(i) for i in self.active}
+        roots = self.roots()
+        ok = np.zeros(len(roots), dtype=bool)
+        if self.active:
+            ok[roots[np.fromiter(self.active, np.int64, len(self.active))]] = True
+        if fixed:
+            ok[np.fromiter(fixed, np.int64, len(fixed))] = False
+        first = np.full(len(roots), np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(first, roots, np.arange(len(roots), dtype=np.int64))
         units: dict[int, Unit] = {}
+        split: dict[int, list[tuple[int, list[int]]]] = {}  # by id(ids): [(root, positions)]
         for (key, dim), ids in self.bindings.items():
-            for pos, i in enumerate(ids.tolist()):
-                r = self.find(i)
-                if r in fixed or r not in active_roots:
-                    continue
-                unit = units.get(r)
+            parts = split.get(id(ids))
+            if parts is None:
+                r = roots[ids]
+                keep = np.nonzero(ok[r])[0]
+                parts = []
+                if len(keep):
+                    rk = r[keep]
+                    order = np.argsort(rk, kind="stable")
+                    uniq, start = np.unique(rk[order], return_index=True)
+                    if len(uniq) == len(keep):  # one index per unit: the common case
+                        parts = [(a, [b]) for a, b in zip(rk.tolist(), keep.tolist())]
+                    else:
+                        bounds = [*start.tolist(), len(keep)]
+                        sorted_pos = keep[order].tolist()
+                        parts = [
+                            (root, sorted_pos[bounds[i] : bounds[i + 1]])
+                            for i, root in enumerate(uniq.tolist())
+                        ]
+                split[id(ids)] = parts
+            for root, pos in parts:
+                unit = units.get(root)
                 if unit is None:
-                    unit = units[r] = Unit(r, first=i)
-                unit.first = min(unit.first, i)
-                unit.slices.setdefault((key, dim), []).append(pos)
+                    unit = units[root] = Unit(root, first=int(first[root]))
+                unit.slices[(key, dim)] = pos
         return sorted(units.values(), key=lambda u: u.first), fixed
 
     def groups(self) -> list[Group]:

@@ -20,6 +20,9 @@ taylor        sum of ``mean_b |w · ∂L_b/∂w|`` over the unit's weights,     
               from ``data`` and ``loss_fn`` through the calibration        2019
               engine; weights of modules the engine cannot observe (an
               ``nn.MultiheadAttention``) fall back to ``l2`` (said)
+wanda         ``Σ |w_ij| · ‖x_j‖`` over the columns of the layers reading  Sun et al. 2023
+              the unit's channels (their activation norms on ``data``; no
+              labels needed)
 random        uniform, seeded                                              baseline
 ============  ===========================================================  =========================
 
@@ -65,6 +68,7 @@ __all__ = [
     "RandomImportance",
     "ScoreContext",
     "TaylorImportance",
+    "WandaImportance",
     "member_tensor",
 ]
 
@@ -99,9 +103,7 @@ def _per_position(values: Tensor, dim: int) -> Tensor:
 
 def _combine(group: Group, member: Member, per_position: Tensor) -> Tensor:
     """Per-unit sums of per-position values, divided by their mean over the group's units."""
-    unit_of = torch.full((per_position.numel(),), -1, dtype=torch.long)
-    for u, unit in enumerate(group.units):
-        unit_of[unit.slices[(member.key, member.dim)]] = u
+    unit_of = torch.from_numpy(group.unit_of(member))
     mask = unit_of >= 0
     v = torch.zeros(len(group.units), dtype=torch.float64)
     v.index_add_(0, unit_of[mask], per_position.detach().cpu().double()[mask])
@@ -182,6 +184,35 @@ class BNScaleImportance(ChannelImportance):
         return torch.stack(parts).mean(0), ""
 
 
+def _data_scores(
+    group: Group,
+    model: nn.Module,
+    ctx: ScoreContext,
+    criterion: str,
+    statistic: str,
+    inputs_only: bool,
+) -> list[Tensor]:
+    """Per-member unit scores from a per-weight data criterion of :data:`~..criteria.CRITERIA`."""
+    parts = []
+    per_weight = CRITERIA.get(criterion)
+    for m in group.members:
+        if m.pseudo or split_key(m.key)[1] != "weight":
+            continue
+        owner = split_key(m.key)[0]
+        stats = ctx.stats.get(owner)
+        module = model.get_submodule(owner)
+        kind = layer_kind(module)
+        if stats is None or kind is None or stats.count(statistic) == 0:
+            continue
+        if inputs_only and m.dim != kind.weight_axes[1]:
+            continue
+        w = kind.to_canonical(module, module.weight.detach().float())
+        s = per_weight.scores(w, stats, name=owner, seed=ctx.seed)
+        stored = kind.from_canonical(module, s)
+        parts.append(_combine(group, m, _per_position(stored, m.dim)))
+    return parts
+
+
 class TaylorImportance(ChannelImportance):
     """First-order Taylor: ``mean_b |w · ∂L_b/∂w|`` summed over the unit's weights.
 
@@ -193,24 +224,29 @@ class TaylorImportance(ChannelImportance):
     statistics = ("grad_abs",)
 
     def scores(self, group: Group, model: nn.Module, ctx: ScoreContext) -> tuple[Tensor, str]:
-        parts = []
-        per_weight = CRITERIA.get("taylor")
-        for m in group.members:
-            if m.pseudo or split_key(m.key)[1] != "weight":
-                continue
-            owner = split_key(m.key)[0]
-            stats = ctx.stats.get(owner)
-            module = model.get_submodule(owner)
-            kind = layer_kind(module)
-            if stats is None or kind is None or stats.count("grad_abs") == 0:
-                continue
-            w = kind.to_canonical(module, module.weight.detach().float())
-            s = per_weight.scores(w, stats, name=owner, seed=ctx.seed)
-            stored = kind.from_canonical(module, s)
-            parts.append(_combine(group, m, _per_position(stored, m.dim)))
+        parts = _data_scores(group, model, ctx, "taylor", "grad_abs", inputs_only=False)
         if not parts:
             s, _ = IMPORTANCE.get("l2").scores(group, model, ctx)
             return s, "l2 (no gradients for this group's weights)"
+        return torch.stack(parts).mean(0), ""
+
+
+class WandaImportance(ChannelImportance):
+    """How much each channel feeds the layers reading it: ``Σ |w_ij| · ‖x_j‖`` over its columns.
+
+    Wanda's score (Sun et al. 2023, "A Simple and Effective Pruning Approach for Large Language
+    Models") summed over the consumer weights a unit owns: the channel's activation norm on
+    ``data`` times the weights that read it. Needs ``data`` but no labels (an embedding model's
+    calibration sentences will do).
+    """
+
+    statistics = ("input_sq",)
+
+    def scores(self, group: Group, model: nn.Module, ctx: ScoreContext) -> tuple[Tensor, str]:
+        parts = _data_scores(group, model, ctx, "wanda", "input_sq", inputs_only=True)
+        if not parts:
+            s, _ = IMPORTANCE.get("l2").scores(group, model, ctx)
+            return s, "l2 (no layer reads this group's channels with statistics)"
         return torch.stack(parts).mean(0), ""
 
 
@@ -228,4 +264,5 @@ IMPORTANCE.add("l1", MagnitudeImportance(1))
 IMPORTANCE.add("l2", MagnitudeImportance(2))
 IMPORTANCE.add("bn_scale", BNScaleImportance())
 IMPORTANCE.add("taylor", TaylorImportance())
+IMPORTANCE.add("wanda", WandaImportance())
 IMPORTANCE.add("random", RandomImportance())
