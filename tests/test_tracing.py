@@ -606,6 +606,8 @@ def test_categories_for_shape_following() -> None:
         ATTENTION,
         CAST,
         COMPARE,
+        FACTORY,
+        LIKE,
         LINEAR,
         MATMUL,
         PERMUTE,
@@ -629,6 +631,9 @@ def test_categories_for_shape_following() -> None:
         x @ x.transpose(-1, -2)
         F.linear(x, w)
         F.scaled_dot_product_attention(x, x, x)
+        torch.zeros_like(x)
+        x.new_zeros(3)
+        x.norm(2, -1)
     cats = [(e.func_name, e.categories) for e in log.ops]
     got = dict(cats[:3] + cats[3:])
     assert PERMUTE in cats[0][1] and PERMUTE in cats[1][1] and PERMUTE in cats[2][1]
@@ -640,6 +645,7 @@ def test_categories_for_shape_following() -> None:
     assert ELEMENTWISE in maxes[1] and REDUCE not in maxes[1]  # max of two tensors
     assert MATMUL in got["matmul"] and LINEAR in got["linear"]
     assert ATTENTION in got["scaled_dot_product_attention"]
+    assert LIKE in got["zeros_like"] and FACTORY in got["new_zeros"] and REDUCE in got["norm"]
     assert not OPS.op_is(torch.Tensor.size, PERMUTE)
 
 

@@ -32,9 +32,11 @@ from .ops import (
     CONCAT,
     DROPOUT,
     ELEMENTWISE,
+    FACTORY,
     IDENTITY,
     INDEX,
     INT_EXACT,
+    LIKE,
     LINEAR,
     MATMUL,
     MAX_POOL,
@@ -343,6 +345,7 @@ _along_dim += ["softmax", "log_softmax", "cumsum", "cumprod"]
 _add(_along_dim, ALONG_DIM)
 
 _reduce = [torch.sum, torch.mean, torch.amax, torch.amin, torch.prod, torch.logsumexp]
+_reduce += [torch.norm, torch.linalg.vector_norm, "norm"]
 _reduce += [torch.var, torch.std, "sum", "mean", "amax", "amin", "prod", "logsumexp", "var", "std"]
 _add(_reduce, REDUCE)
 # max/min reduce with one tensor; with two they are element-wise
@@ -360,3 +363,8 @@ _add(
 _add([torch.matmul, torch.mm, torch.bmm, "matmul", "mm", "bmm", "__matmul__"], MATMUL)
 _add([F.linear], LINEAR)
 _add([F.scaled_dot_product_attention], ATTENTION)
+
+_like = [torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like, torch.rand_like]
+_like += [torch.randn_like, torch.randint_like]
+_add(_like, LIKE)
+_add(["new_zeros", "new_ones", "new_full", "new_empty", "new_tensor"], FACTORY)

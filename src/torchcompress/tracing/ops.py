@@ -59,9 +59,11 @@ __all__ = [
     "CONCAT",
     "DROPOUT",
     "ELEMENTWISE",
+    "FACTORY",
     "IDENTITY",
     "INDEX",
     "INT_EXACT",
+    "LIKE",
     "LINEAR",
     "MATMUL",
     "MAX_POOL",
@@ -153,6 +155,11 @@ MATMUL = "matmul"
 LINEAR = "linear"
 #: ``F.scaled_dot_product_attention(q, k, v, ...)``
 ATTENTION = "attention"
+#: new tensors shaped like their input: zeros_like, ones_like, full_like, empty_like, rand_like, ...
+LIKE = "like"
+#: new tensors of an explicit size whose tensor argument only gives dtype and device:
+#: ``x.new_zeros(...)``, ``x.new_ones(...)``, ``x.new_full(...)``, ``x.new_empty(...)``
+FACTORY = "factory"
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ outputs:
 =================  ==============================================================================
 category           rule
 =================  ==============================================================================
+like               ``zeros_like`` and friends: shaped like the input, labels too
+factory            ``x.new_zeros(size)``: a new size, no labels (the input gives only the dtype)
 elementwise, ...   broadcasting: channels meeting in one output dimension become one (a residual
                    add); meeting a dimension of fixed size (a constant, an unlabeled tensor) they
                    are kept
@@ -60,8 +62,10 @@ from ...tracing import (
     CONCAT,
     DROPOUT,
     ELEMENTWISE,
+    FACTORY,
     IDENTITY,
     INDEX,
+    LIKE,
     LINEAR,
     MATMUL,
     NON_TENSOR,
@@ -90,6 +94,8 @@ OP_RULES: Registry[Rule] = Registry("channel op rule")
 #: categories registered later come after these
 PRIORITY: list[str] = [
     NON_TENSOR,
+    FACTORY,
+    LIKE,
     ATTENTION,
     LINEAR,
     MATMUL,
@@ -524,7 +530,8 @@ def _reduce(ctx: Context, event: OpEvent) -> None:
     if not isinstance(x, Tensor) or not event.outputs or x.dim() == 0:
         return
     labels = ctx.labels(x)
-    dim = event.kwargs.get("dim", event.args[1] if len(event.args) > 1 else None)
+    pos = 2 if _fname(event) in ("norm", "vector_norm") else 1  # norm(x, p, dim, ...)
+    dim = event.kwargs.get("dim", event.args[pos] if len(event.args) > pos else None)
     dims = _dims(dim, x.dim())
     if dims is None:
         return
@@ -651,6 +658,8 @@ def _attention(ctx: Context, event: OpEvent) -> None:
 
 
 OP_RULES.add(NON_TENSOR, _non_tensor)
+OP_RULES.add(FACTORY, _non_tensor)
+OP_RULES.add(LIKE, _along_dim)
 OP_RULES.add(ATTENTION, _attention)
 OP_RULES.add(LINEAR, _linear)
 OP_RULES.add(MATMUL, _matmul)
