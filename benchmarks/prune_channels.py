@@ -291,7 +291,8 @@ def main(argv: list[str] | None = None) -> Report:
         "at equal MACs); Torch-Pruning takes a channel ratio. 'prune s' is the wall time of the "
         "pruning call (dependency graph, importance, for torchcompress the target search and a "
         "profile before and after; Taylor includes its gradient passes). Latency ratios are the "
-        "median of interleaved rounds against the dense model, with their range."
+        "median of interleaved rounds against the dense model, with their range (a shared, noisy "
+        "machine: read them as rough)."
     )
     builds = {
         "resnet56": lambda: tc.models.resnet.CifarResNet(56, shortcut="B"),
