@@ -11,7 +11,7 @@ import torchcompress as tc
 from torchcompress.batches import example_batch
 from torchcompress.sparsity.structured import IMPORTANCE, ChannelGraph, ScoreContext, analyse
 from torchcompress.sparsity.structured.context import Context
-from torchcompress.sparsity.structured.rules import reshape_labels
+from torchcompress.sparsity.structured.layout import reshape_labels
 from torchcompress.testing import TinyCNN
 
 

@@ -40,6 +40,7 @@ from ...batches import Batch, describe_inputs
 from ...errors import CompressionStateError, ShapeError, TorchCompressError, UnsupportedModuleError
 from ...select import matches
 from ...tracing import Listener, ModuleCall, OpEvent, Recorder, flat_tensors, is_registered_leaf
+from . import layout as _layout  # noqa: F401  (registers the index, reshape and permute rules)
 from .context import Context
 from .graph import ChannelGraph, Group, Ids, owner_of
 from .handlers import ModuleHandler, handler_for

@@ -50,7 +50,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from ...registry import Registry
@@ -69,7 +68,6 @@ from ...tracing import (
     LINEAR,
     MATMUL,
     NON_TENSOR,
-    OPS,
     PAD,
     PERMUTE,
     POOLING,
@@ -83,7 +81,7 @@ from ...tracing import (
 from .context import Context, Labels
 from .graph import Ids
 
-__all__ = ["OP_RULES", "PRIORITY", "Rule", "apply_rule", "reshape_labels"]
+__all__ = ["OP_RULES", "PRIORITY", "Rule", "apply_rule", "event_arg", "op_reason"]
 
 Rule = Callable[[Context, OpEvent], None]
 
@@ -134,7 +132,8 @@ def apply_rule(ctx: Context, event: OpEvent) -> bool:
 # --- helpers ---------------------------------------------------------------------------------------
 
 
-def _arg(event: OpEvent, index: int, name: str, default: Any = None) -> Any:
+def event_arg(event: OpEvent, index: int, name: str, default: Any = None) -> Any:
+    """The op's argument at ``index`` positionally, or by keyword ``name``; else ``default``."""
     if len(event.args) > index:
         return event.args[index]
     return event.kwargs.get(name, default)
@@ -144,7 +143,8 @@ def _fname(event: OpEvent) -> str:
     return event.func_name
 
 
-def _why(ctx: Context, event: OpEvent, what: str) -> str:
+def op_reason(ctx: Context, event: OpEvent, what: str) -> str:
+    """Why channels stay, naming the op and where it ran (for the report)."""
     return ctx.reason(f"{what} `{_fname(event)}`")
 
 
@@ -223,25 +223,25 @@ def _elementwise(ctx: Context, event: OpEvent) -> None:
     shape = tuple(event.outputs[0].shape)
     tensors = [u.tensor for u in event.inputs]
     labels = _broadcast(
-        ctx, tensors, shape, _why(ctx, event, "combined with a tensor of fixed size by")
+        ctx, tensors, shape, op_reason(ctx, event, "combined with a tensor of fixed size by")
     )
     _set_all(ctx, event, labels, shape)
 
 
 def _along_dim(ctx: Context, event: OpEvent) -> None:
-    x = _arg(event, 0, "input")
+    x = event_arg(event, 0, "input")
     if isinstance(x, Tensor):
         _set_all(ctx, event, ctx.labels(x), tuple(x.shape))
 
 
 def _concat(ctx: Context, event: OpEvent) -> None:
-    tensors = [t for t in (_arg(event, 0, "tensors") or []) if isinstance(t, Tensor)]
+    tensors = [t for t in (event_arg(event, 0, "tensors") or []) if isinstance(t, Tensor)]
     if not event.outputs or not tensors:
         return
     out = event.outputs[0]
-    dim = int(_arg(event, 1, "dim", 0)) % out.dim()
+    dim = int(event_arg(event, 1, "dim", 0)) % out.dim()
     tensors = [t for t in tensors if t.dim() == out.dim()]  # cat skips empty 1-D tensors
-    why = _why(ctx, event, "concatenated with a tensor of fixed size by")
+    why = op_reason(ctx, event, "concatenated with a tensor of fixed size by")
     labels = _broadcast(ctx, tensors, tuple(out.shape), why, skip=dim)
     parts = [ctx.label(t, dim) for t in tensors]
     if any(p is not None for p in parts):
@@ -255,12 +255,12 @@ def _concat(ctx: Context, event: OpEvent) -> None:
 
 
 def _stack(ctx: Context, event: OpEvent) -> None:
-    tensors = [t for t in (_arg(event, 0, "tensors") or []) if isinstance(t, Tensor)]
+    tensors = [t for t in (event_arg(event, 0, "tensors") or []) if isinstance(t, Tensor)]
     if not event.outputs or not tensors:
         return
     out = event.outputs[0]
-    new = int(_arg(event, 1, "dim", 0)) % out.dim()
-    why = _why(ctx, event, "stacked with a tensor of fixed size by")
+    new = int(event_arg(event, 1, "dim", 0)) % out.dim()
+    why = op_reason(ctx, event, "stacked with a tensor of fixed size by")
     labels: Labels = {}
     for j in range(out.dim()):
         if j == new:
@@ -273,21 +273,21 @@ def _stack(ctx: Context, event: OpEvent) -> None:
 
 
 def _split(ctx: Context, event: OpEvent) -> None:
-    x = _arg(event, 0, "input")
+    x = event_arg(event, 0, "input")
     if not isinstance(x, Tensor) or not event.outputs:
         return
     name = _fname(event)
     unbind = name == "unbind"
     default_dim_index = 1 if unbind else 2
-    dim = int(_arg(event, default_dim_index, "dim", 0)) % x.dim()
+    dim = int(event_arg(event, default_dim_index, "dim", 0)) % x.dim()
     labels = ctx.labels(x)
     ids = labels.get(dim)
     by_count = name == "chunk" or (
-        name == "tensor_split" and isinstance(_arg(event, 1, "sections"), int)
+        name == "tensor_split" and isinstance(event_arg(event, 1, "sections"), int)
     )
     outs = event.outputs
     if ids is not None and unbind:
-        ctx.graph.fix(ids, _why(ctx, event, "channels taken apart one by one by"))
+        ctx.graph.fix(ids, op_reason(ctx, event, "channels taken apart one by one by"))
     elif ids is not None:
         sizes = [int(o.shape[dim]) for o in outs]
         pieces = np.split(ids, np.cumsum(sizes)[:-1])
@@ -295,7 +295,9 @@ def _split(ctx: Context, event: OpEvent) -> None:
             for p in pieces[1:]:
                 ctx.graph.union(pieces[0], p)
         else:
-            ctx.graph.fix(ids, _why(ctx, event, "split at sizes written in the model's code by"))
+            ctx.graph.fix(
+                ids, op_reason(ctx, event, "split at sizes written in the model's code by")
+            )
     for i, o in enumerate(outs):
         lab: Labels = {}
         for d, v in labels.items():
@@ -309,224 +311,8 @@ def _split(ctx: Context, event: OpEvent) -> None:
         ctx.set_labels(o, lab)
 
 
-def _consumes(item: Any) -> int:
-    if isinstance(item, Tensor) and item.dtype == torch.bool:
-        return item.dim()
-    return 1
-
-
-def _full(s: slice, size: int) -> bool:
-    return range(*s.indices(size)) == range(size)
-
-
-def _index(ctx: Context, event: OpEvent) -> None:
-    x = _arg(event, 0, "input")
-    if not isinstance(x, Tensor) or not event.outputs:
-        return
-    out = event.outputs[0]
-    name = _fname(event)
-    labels = ctx.labels(x)
-    why = _why(ctx, event, "channels picked by")
-    if name in ("narrow", "select", "index_select"):
-        dim = int(_arg(event, 1, "dim")) % x.dim()
-        ids = labels.get(dim)
-        full = name == "narrow" and int(_arg(event, 3, "length")) == int(x.shape[dim])
-        if ids is not None and not full:
-            ctx.graph.fix(ids, why)
-        res: Labels = {}
-        for d, v in labels.items():
-            if d == dim and name == "select":
-                continue
-            if d == dim and not full:
-                continue
-            res[d if name != "select" or d < dim else d - 1] = v
-        ctx.set_labels(out, res)
-        return
-    idx = _arg(event, 1, "idx")
-    items = list(idx) if isinstance(idx, tuple) else [idx]
-    consuming = sum(_consumes(it) for it in items if it is not None and it is not Ellipsis)
-    fill = [slice(None)] * max(0, x.dim() - consuming)
-    if any(it is Ellipsis for it in items):
-        pos = next(i for i, it in enumerate(items) if it is Ellipsis)
-        items = items[:pos] + fill + items[pos + 1 :]
-    else:
-        items = items + fill
-    advanced = any(isinstance(it, Tensor | list | tuple) for it in items)
-    res = {}
-    if not advanced:
-        i_d = o_d = 0
-        for it in items:
-            if it is None:
-                o_d += 1
-                continue
-            ids = labels.get(i_d)
-            if isinstance(it, slice):
-                if ids is not None:
-                    if _full(it, int(x.shape[i_d])):
-                        res[o_d] = ids
-                    else:
-                        ctx.graph.fix(ids, why)
-                        res[o_d] = ids[it]
-                i_d += 1
-                o_d += 1
-            else:  # an int
-                if ids is not None:
-                    ctx.graph.fix(ids, why)
-                i_d += 1
-    else:
-        trailing = 0
-        for it in reversed(items):
-            if isinstance(it, slice) and it == slice(None):
-                trailing += 1
-            else:
-                break
-        for d, v in labels.items():
-            k = x.dim() - d
-            if k <= trailing and out.dim() - k >= 0:
-                res[out.dim() - k] = v
-            else:
-                ctx.graph.fix(v, why)
-    ctx.set_labels(out, res)
-
-
-def reshape_labels(
-    ctx: Context, labels: Labels, src: Sequence[int], dst: Sequence[int], why: str
-) -> Labels:
-    """Labels of a reshape of a tensor of shape ``src`` labeled ``labels`` into shape ``dst``.
-
-    The shapes are cut into groups of dimensions with equal products; in a group with one labeled
-    dimension the ids are laid out over the group and read back in the new shape: a dimension
-    along which only they vary takes them (a merge repeats each id over its block); when they vary
-    along several (a split), each index of the outermost one becomes one block (its ids one unit).
-    A group with two labeled dimensions keeps its channels.
-    """
-    out: Labels = {}
-    i = j = 0
-    a, b = list(src), list(dst)
-    while i < len(a) or j < len(b):
-        if i < len(a) and a[i] == 1:
-            i += 1
-            continue
-        if j < len(b) and b[j] == 1:
-            j += 1
-            continue
-        if i >= len(a) or j >= len(b):
-            break
-        gi, gj, pa, pb = [i], [j], a[i], b[j]
-        i, j = i + 1, j + 1
-        while pa != pb:
-            if pa < pb and i < len(a):
-                gi.append(i)
-                pa *= a[i]
-                i += 1
-            elif pb < pa and j < len(b):
-                gj.append(j)
-                pb *= b[j]
-                j += 1
-            else:
-                return {}
-        lab = [d for d in gi if d in labels]
-        if not lab:
-            continue
-        if len(lab) > 1:
-            for d in lab:
-                ctx.graph.fix(labels[d], why)
-            continue
-        d = lab[0]
-        shape_in = [a[k] for k in gi]
-        arr = labels[d].reshape([a[d] if k == d else 1 for k in gi])
-        arr = np.broadcast_to(arr, shape_in).reshape([b[k] for k in gj])
-        varying = [
-            p
-            for p in range(arr.ndim)
-            if arr.shape[p] > 1 and bool(np.any(arr != arr.take([0], axis=p)))
-        ]
-        if not varying:
-            continue
-        p0 = varying[0]
-        moved = np.moveaxis(arr, p0, 0).reshape(arr.shape[p0], -1)
-        if len(varying) > 1:
-            for row in moved:
-                ctx.graph.union_all(np.unique(row))
-        out[gj[p0]] = moved[:, 0].copy()
-    return out
-
-
-def _reshape(ctx: Context, event: OpEvent) -> None:
-    x = _arg(event, 0, "input")
-    if not isinstance(x, Tensor) or not event.outputs:
-        return
-    out = event.outputs[0]
-    labels = ctx.labels(x)
-    if not labels:
-        return
-    if out.numel() != x.numel():  # expand: broadcasting
-        nd = out.dim()
-        res = {
-            d + nd - x.dim(): v
-            for d, v in labels.items()
-            if int(x.shape[d]) == int(out.shape[d + nd - x.dim()])
-        }
-        ctx.set_labels(out, res)
-        return
-    why = _why(ctx, event, "channels mixed by")
-    ctx.set_labels(out, reshape_labels(ctx, labels, tuple(x.shape), tuple(out.shape), why))
-
-
-def _permutation(event: OpEvent, nd: int) -> list[int] | None:
-    name = _fname(event)
-    if name == "__get__" or event.func is getattr:
-        attr = OPS.normalise(event.func, event.args, event.kwargs).arg(1, "name")
-        perm = list(range(nd))
-        if attr == "T":
-            return perm[::-1]
-        if attr == "mT" and nd >= 2:
-            perm[-1], perm[-2] = perm[-2], perm[-1]
-            return perm
-        return None
-    perm = list(range(nd))
-    if name == "permute":
-        dims = (
-            event.args[1]
-            if len(event.args) == 2 and isinstance(event.args[1], Sequence)
-            else event.args[1:]
-        )
-        dims = event.kwargs.get("dims", dims)
-        return [int(d) % nd for d in dims]
-    if name in ("transpose", "swapaxes", "swapdims"):
-        d0, d1 = int(_arg(event, 1, "dim0")) % nd, int(_arg(event, 2, "dim1")) % nd
-        perm[d0], perm[d1] = perm[d1], perm[d0]
-        return perm
-    if name == "t":
-        return perm[::-1] if nd == 2 else perm
-    if name in ("movedim", "moveaxis"):
-        src, dst = _arg(event, 1, "source"), _arg(event, 2, "destination")
-        src = [int(s) % nd for s in (src if isinstance(src, Sequence) else [src])]
-        dst = [int(s) % nd for s in (dst if isinstance(dst, Sequence) else [dst])]
-        rest = [d for d in range(nd) if d not in src]
-        result: list[int | None] = [None] * nd
-        for s, t in zip(src, dst):
-            result[t] = s
-        it = iter(rest)
-        return [r if r is not None else next(it) for r in result]
-    return None
-
-
-def _permute(ctx: Context, event: OpEvent) -> None:
-    x = _arg(event, 0, "input")
-    if not isinstance(x, Tensor) or not event.outputs:
-        return
-    labels = ctx.labels(x)
-    perm = _permutation(event, x.dim())
-    if perm is None:
-        for v in labels.values():
-            ctx.graph.fix(v, _why(ctx, event, "dimensions moved by"))
-        return
-    ctx.set_labels(event.outputs[0], {j: labels[p] for j, p in enumerate(perm) if p in labels})
-
-
 def _reduce(ctx: Context, event: OpEvent) -> None:
-    x = _arg(event, 0, "input")
+    x = event_arg(event, 0, "input")
     if not isinstance(x, Tensor) or not event.outputs or x.dim() == 0:
         return
     labels = ctx.labels(x)
@@ -543,7 +329,7 @@ def _reduce(ctx: Context, event: OpEvent) -> None:
 
 
 def _spatial(ctx: Context, event: OpEvent) -> None:
-    x = _arg(event, 0, "input")
+    x = event_arg(event, 0, "input")
     if not isinstance(x, Tensor) or not event.outputs:
         return
     m = re.search(r"([123])d", _fname(event))
@@ -555,19 +341,19 @@ def _spatial(ctx: Context, event: OpEvent) -> None:
         if d < lead:
             res[d] = v
         else:
-            ctx.graph.fix(v, _why(ctx, event, "channels pooled together by"))
+            ctx.graph.fix(v, op_reason(ctx, event, "channels pooled together by"))
     for o in event.outputs:
         if o.dim() == x.dim():
             ctx.set_labels(o, res)
 
 
 def _pad(ctx: Context, event: OpEvent) -> None:
-    x = _arg(event, 0, "input")
+    x = event_arg(event, 0, "input")
     if not isinstance(x, Tensor) or not event.outputs:
         return
-    pad = list(_arg(event, 1, "pad") or [])
+    pad = list(event_arg(event, 1, "pad") or [])
     labels = ctx.labels(x)
-    why = _why(ctx, event, "channels padded by")
+    why = op_reason(ctx, event, "channels padded by")
     res = dict(labels)
     for i in range(len(pad) // 2):
         d = x.dim() - 1 - i
@@ -584,16 +370,16 @@ def _pad(ctx: Context, event: OpEvent) -> None:
 
 
 def _matmul(ctx: Context, event: OpEvent) -> None:
-    a, b = _arg(event, 0, "input"), _arg(event, 1, "other")
+    a, b = event_arg(event, 0, "input"), event_arg(event, 1, "other")
     if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or not event.outputs:
         return
     out = event.outputs[0]
     if a.dim() < 2 or b.dim() < 2:
         for v in ctx.labeled([a, b]):
-            ctx.graph.fix(v, _why(ctx, event, "vector product"))
+            ctx.graph.fix(v, op_reason(ctx, event, "vector product"))
         return
     nb = out.dim() - 2
-    why = _why(ctx, event, "multiplied with a tensor of fixed size by")
+    why = op_reason(ctx, event, "multiplied with a tensor of fixed size by")
     res: Labels = {}
     for j in range(nb):
         sides = [(a, j - (nb - (a.dim() - 2))), (b, j - (nb - (b.dim() - 2)))]
@@ -610,11 +396,15 @@ def _matmul(ctx: Context, event: OpEvent) -> None:
 
 
 def _linear(ctx: Context, event: OpEvent) -> None:
-    x, w, bias = _arg(event, 0, "input"), _arg(event, 1, "weight"), _arg(event, 2, "bias")
+    x, w, bias = (
+        event_arg(event, 0, "input"),
+        event_arg(event, 1, "weight"),
+        event_arg(event, 2, "bias"),
+    )
     if not (isinstance(x, Tensor) and isinstance(w, Tensor)) or not event.outputs:
         return
     out = event.outputs[0]
-    why = _why(ctx, event, "multiplied with a weight of fixed size by")
+    why = op_reason(ctx, event, "multiplied with a weight of fixed size by")
     labels = {d: v for d, v in ctx.labels(x).items() if d < x.dim() - 1}
     inner = ctx.label(x, -1)
     cols = ctx.label(w, 1) if w.dim() == 2 else None
@@ -629,12 +419,12 @@ def _linear(ctx: Context, event: OpEvent) -> None:
 
 
 def _attention(ctx: Context, event: OpEvent) -> None:
-    q, k, v = _arg(event, 0, "query"), _arg(event, 1, "key"), _arg(event, 2, "value")
+    q, k, v = event_arg(event, 0, "query"), event_arg(event, 1, "key"), event_arg(event, 2, "value")
     if not all(isinstance(t, Tensor) for t in (q, k, v)) or not event.outputs:
         return
     out = event.outputs[0]
     nb = out.dim() - 2
-    why = _why(ctx, event, "attention over a tensor of fixed size in")
+    why = op_reason(ctx, event, "attention over a tensor of fixed size in")
     res: Labels = {}
     for j in range(nb):
         sides = [(t, j - (nb - (t.dim() - 2))) for t in (q, k, v)]
@@ -645,7 +435,7 @@ def _attention(ctx: Context, event: OpEvent) -> None:
     ev = ctx.label(v, -1)
     if ev is not None:
         res[out.dim() - 1] = ev
-    mask = _arg(event, 3, "attn_mask")
+    mask = event_arg(event, 3, "attn_mask")
     if isinstance(mask, Tensor):
         for m in ctx.labeled([mask]):
             ctx.graph.fix(m, why)
@@ -666,9 +456,6 @@ OP_RULES.add(MATMUL, _matmul)
 OP_RULES.add(CONCAT, _concat)
 OP_RULES.add(STACK, _stack)
 OP_RULES.add(SPLIT, _split)
-OP_RULES.add(INDEX, _index)
-OP_RULES.add(PERMUTE, _permute)
-OP_RULES.add(RESHAPE, _reshape)
 OP_RULES.add(REDUCE, _reduce)
 OP_RULES.add(ALONG_DIM, _along_dim)
 OP_RULES.add(POOLING, _spatial)
