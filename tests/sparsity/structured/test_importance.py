@@ -2,81 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import torchcompress as tc
 from torchcompress.batches import example_batch
-from torchcompress.sparsity.structured import IMPORTANCE, ChannelGraph, ScoreContext, analyse
-from torchcompress.sparsity.structured.context import Context
-from torchcompress.sparsity.structured.layout import reshape_labels
+from torchcompress.sparsity.structured import IMPORTANCE, ScoreContext, analyse
 from torchcompress.testing import TinyCNN
-
-
-def test_union_find_fixed_and_passive_units() -> None:
-    g = ChannelGraph()
-    a = g.produce("l1.weight", 0, 3, origin="l1")
-    b = g.produce("l2.weight", 0, 3, origin="l2")
-    p = g.passive("pos", 0, 3)  # a parameter met in a generic op: follows, never leads
-    g.union(a, b)
-    g.bind("l3.weight", 1, b)
-    g.fix(a[:1], "kept for a reason")
-    groups = g.groups()
-    assert len(groups) == 1 and len(groups[0].units) == 2
-    assert groups[0].units[0].slices[("l3.weight", 1)] == [1]
-    assert all(("pos", 0) not in u.slices for u in groups[0].units)
-    g.union(p, a)  # coupled to a layer's channels: it follows them
-    assert ("pos", 0) in g.groups()[0].units[0].slices
-    assert g.reasons()[g.find(int(b[0]))] == "kept for a reason"
-
-
-def test_reshape_rules() -> None:
-    ctx = Context(nn.Linear(1, 1))
-    ids = ctx.graph.fresh(4)
-    # flatten (C=4, 2, 2) -> 16: each id repeated over its block
-    out = reshape_labels(ctx, {1: ids}, (2, 4, 2, 2), (2, 16), "x")
-    assert out[1].tolist() == np.repeat(ids, 4).tolist()
-    # split 4 -> (2 heads, 2): each head one block, the head dimension labeled
-    heads = ctx.graph.fresh(4)
-    out = reshape_labels(ctx, {2: heads}, (1, 3, 4), (1, 3, 2, 2), "x")
-    assert list(out) == [2] and len(out[2]) == 2
-    assert ctx.graph.find(int(heads[0])) == ctx.graph.find(int(heads[1]))
-    assert ctx.graph.find(int(heads[1])) != ctx.graph.find(int(heads[2]))
-    # two labeled dimensions merged: kept
-    c2 = ctx.graph.fresh(2)
-    assert reshape_labels(ctx, {0: c2, 1: ids}, (2, 4), (8,), "merged") == {}
-    assert ctx.graph.fixed[int(c2[0])] == "merged"
-
-
-def test_rules_follow_permute_index_reduce_and_cat() -> None:
-    class M(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a = nn.Linear(3, 4)
-            self.b = nn.Linear(3, 4)
-            self.c = nn.Linear(8, 2)
-
-        def forward(self, x):  # x: (B, T, 3)
-            h = torch.cat([self.a(x), self.b(x)], -1)  # (B, T, 8)
-            h = h.permute(0, 2, 1)[:, :, 0]  # (B, 8): the first token
-            return self.c(h.unsqueeze(-1).mean(-1))
-
-    m = M()
-    a = analyse(m, example_batch(m, torch.randn(2, 5, 3)))
-    names = sorted(g.name for g in a.groups)
-    assert names == ["a", "b"]
-    b = next(g for g in a.groups if g.name == "b")
-    assert b.units[0].slices[("c.weight", 1)] == [4]  # b's channels sit at offset 4 in c
-
-
-def test_costs_match_the_profile() -> None:
-    m = TinyCNN().eval()
-    x = torch.randn(2, 3, 8, 8)
-    a = analyse(m, example_batch(m, x))
-    terms = sum(macs for macs, _ in a.costs)
-    assert terms == tc.profile(m, x).total_macs
 
 
 def _group(model: nn.Module, x: torch.Tensor, name: str):

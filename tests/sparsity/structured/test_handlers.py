@@ -1,8 +1,6 @@
-"""Clear errors for bad input, and the handler registry that extends the graph."""
+"""Module handlers: the registry, unknown modules, custom handlers."""
 
 from __future__ import annotations
-
-import copy
 
 import pytest
 import torch
@@ -11,15 +9,11 @@ from torch import nn
 
 import torchcompress as tc
 from torchcompress.errors import (
-    CompressionStateError,
-    ConfigError,
-    ShapeError,
     UnsupportedModuleError,
 )
 from torchcompress.sparsity.structured import HANDLERS, ModuleHandler, ParameterHandler
-from torchcompress.testing import TinyCNN
 
-from .conftest import run, zero_units
+from .conftest import X, run, zero_units
 
 
 class MyConv(nn.Module):
@@ -45,13 +39,6 @@ class WithMyConv(nn.Module):
     def forward(self, x):
         h = torch.relu(self.b(torch.relu(self.a(x)))).mean((2, 3))
         return self.fc2(torch.relu(self.fc1(h)))
-
-
-X = torch.randn(2, 3, 8, 8)
-
-
-def states_equal(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_unknown_module_is_an_error_saying_how_to_register_or_ignore() -> None:
@@ -130,67 +117,3 @@ def test_parameter_handler_for_a_position_embedding() -> None:
         assert m.pos.shape == (1, 5, 4) and m.proj.out_features == 4
     finally:
         HANDLERS._entries.pop("test_tokens")
-
-
-def test_size_written_in_an_attribute_fails_cleanly_and_restores() -> None:
-    class FixedHeads(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.heads = 2
-            self.qkv = nn.Linear(8, 24)
-            self.out = nn.Linear(8, 8)
-            self.head = nn.Linear(8, 2)
-
-        def forward(self, x):
-            b, t, _ = x.shape
-            q, k, v = self.qkv(x).chunk(3, -1)
-            q, k, v = (z.reshape(b, t, self.heads, 4).transpose(1, 2) for z in (q, k, v))
-            y = (q @ k.transpose(-1, -2)).softmax(-1) @ v
-            return self.head(self.out(y.transpose(1, 2).reshape(b, t, 8)).mean(1))
-
-    m = FixedHeads().eval()
-    before = copy.deepcopy(m.state_dict())
-    x = torch.randn(2, 3, 8)
-    with pytest.raises(UnsupportedModuleError, match="After pruning, the forward failed"):
-        tc.prune_channels(m, x, 0.5)
-    assert states_equal(m.state_dict(), before)
-    assert m.qkv.out_features == 24 and m.qkv.weight.shape == (24, 8)
-    assert m(x).shape == (2, 2)
-
-
-def test_model_that_does_not_run_names_the_module() -> None:
-    m = TinyCNN().eval()
-    with pytest.raises(ShapeError, match=r"module 'conv1' \(Conv2d\)"):
-        tc.prune_channels(m, torch.randn(2, 5, 8, 8), 0.5)
-
-
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
-def test_torchscript_model_cannot_be_recorded() -> None:
-    m = torch.jit.script(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
-    with pytest.raises(UnsupportedModuleError, match="TorchScript"):
-        tc.prune_channels(m, torch.randn(1, 4), 0.5)
-
-
-def test_masked_model_must_prune_channels_first() -> None:
-    m = TinyCNN().eval()
-    tc.prune(m, tc.PruneConfig(sparsity=0.5))
-    with pytest.raises(CompressionStateError, match="prune channels first"):
-        tc.prune_channels(m, X, 0.5)
-
-
-def test_taylor_needs_data() -> None:
-    with pytest.raises(ConfigError, match="needs data="):
-        tc.prune_channels(TinyCNN().eval(), X, 0.5, criterion="taylor")
-
-
-def test_nothing_to_prune_is_said() -> None:
-    m = nn.Linear(4, 2)  # its outputs are the model's
-    with pytest.raises(UnsupportedModuleError, match="No channel of Linear can be removed"):
-        tc.prune_channels(m, torch.randn(1, 4), 0.5)
-    tc.prune_channels(m, torch.randn(1, 4), 0.0)  # nothing asked: fine
-    assert m.out_features == 2
-
-
-def test_not_a_module() -> None:
-    with pytest.raises(TypeError, match=r"nn\.Module"):
-        tc.prune_channels(lambda x: x, X, 0.5)  # type: ignore[arg-type]

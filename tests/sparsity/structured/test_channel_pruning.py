@@ -10,10 +10,12 @@ import torch
 from torch import nn
 
 import torchcompress as tc
+from torchcompress.errors import ConfigError, UnsupportedModuleError
 from torchcompress.sparsity import ChannelPruneConfig, channel_report
-from torchcompress.sparsity.structured import allocate, analyse
+from torchcompress.sparsity.structured import analyse
 from torchcompress.testing import TinyCNN
 
+from .conftest import X
 from .models import ConcatNet, ResidualNet, TinyTransformer
 
 
@@ -218,14 +220,6 @@ def test_training_mode_dtype_and_grad_flags_kept() -> None:
     m(x).sum().backward()
 
 
-def test_allocate_local_floor_and_order() -> None:
-    m = TinyCNN().eval()
-    a = analyse(m, tc.batches.example_batch(m, torch.randn(1, 3, 8, 8)))
-    scores = [torch.arange(len(g.units), 0, -1, dtype=torch.float64) for g in a.groups]
-    removed = allocate(a.groups, scores, 0.3, scope="local", max_ratio=0.9, round_to=None)
-    assert removed == [[7, 6], [15, 14, 13, 12]]  # floor(0.3 n), lowest scores first
-
-
 def test_fine_tune_the_pruned_model_against_its_dense_teacher() -> None:
     torch.manual_seed(0)
     dense = TinyCNN().eval()
@@ -251,3 +245,21 @@ def test_cuda_model_pruned_on_its_device() -> None:
     tc.prune_channels(m, x, target={"macs": 0.5}, criterion="taylor", data=data)
     assert all(p.is_cuda for p in m.parameters())
     assert m(x).shape == (2, 3)
+
+
+def test_taylor_needs_data() -> None:
+    with pytest.raises(ConfigError, match="needs data="):
+        tc.prune_channels(TinyCNN().eval(), X, 0.5, criterion="taylor")
+
+
+def test_nothing_to_prune_is_said() -> None:
+    m = nn.Linear(4, 2)  # its outputs are the model's
+    with pytest.raises(UnsupportedModuleError, match="No channel of Linear can be removed"):
+        tc.prune_channels(m, torch.randn(1, 4), 0.5)
+    tc.prune_channels(m, torch.randn(1, 4), 0.0)  # nothing asked: fine
+    assert m.out_features == 2
+
+
+def test_not_a_module() -> None:
+    with pytest.raises(TypeError, match=r"nn\.Module"):
+        tc.prune_channels(lambda x: x, X, 0.5)  # type: ignore[arg-type]
