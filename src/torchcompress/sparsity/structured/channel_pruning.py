@@ -12,6 +12,7 @@ from torch import nn
 
 from ... import io
 from ...batches import Batch, example_batch
+from ...calibration import STATISTICS
 from ...errors import ConfigError, ShapeError, UnsupportedModuleError
 from ...layers import layer_kind
 from ...profiling import profile
@@ -74,6 +75,14 @@ def _scores(
             raise ConfigError(
                 f"criterion={cfg.criterion!r} needs data= (batches; with targets or a loss_fn= for "
                 "gradients); or choose 'l2', 'l1', 'bn_scale' or 'random'."
+            )
+        if torch.is_inference_mode_enabled() and any(
+            STATISTICS.get(s).observes == "weight_grad" for s in crit.statistics
+        ):
+            raise ConfigError(
+                f"criterion={cfg.criterion!r} takes gradients, which torch.inference_mode() forbids:"
+                " call prune_channels outside it (torch.no_grad() is fine), or choose 'l2', 'l1', "
+                "'bn_scale', 'wanda' or 'random'."
             )
         names = sorted(
             {

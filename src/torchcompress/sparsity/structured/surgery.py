@@ -100,7 +100,8 @@ def apply_pruning(
         by_key.setdefault(key, {})[dim] = idx
     # what each module's handler is told: the tensors it holds, the keys it bound
     per_module: dict[str, Keep] = {}
-    with torch.no_grad():
+    # plain tensors even under an outer torch.inference_mode (the pruned model must stay trainable)
+    with torch.inference_mode(False), torch.no_grad():
         for key, dims in by_key.items():
             owner, attr = split_key(key)
             if attr.startswith("#"):
