@@ -263,3 +263,19 @@ def test_nothing_to_prune_is_said() -> None:
 def test_not_a_module() -> None:
     with pytest.raises(TypeError, match=r"nn\.Module"):
         tc.prune_channels(lambda x: x, X, 0.5)  # type: ignore[arg-type]
+
+
+def test_under_inference_mode_the_pruned_model_stays_trainable() -> None:
+    torch.manual_seed(0)
+    m = TinyCNN().eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.inference_mode():
+        tc.prune_channels(m, x, 0.5)
+    assert all(not p.is_inference() and p.requires_grad for p in m.parameters())
+    assert m.conv1.out_channels == 4 and m.fc.in_features == 8
+    m.train()
+    m(x).sum().backward()
+    assert m.conv1.weight.grad.shape == (4, 3, 3, 3)
+    data = [(x, torch.randint(0, 4, (2,)))]
+    with torch.inference_mode(), pytest.raises(ConfigError, match="inference_mode"):
+        tc.prune_channels(TinyCNN().eval(), x, 0.5, criterion="taylor", data=data)

@@ -117,3 +117,24 @@ def test_parameter_handler_for_a_position_embedding() -> None:
         assert m.pos.shape == (1, 5, 4) and m.proj.out_features == 4
     finally:
         HANDLERS._entries.pop("test_tokens")
+
+
+def test_a_linear_over_a_batch_like_dimension_carries_its_channels(seeded) -> None:
+    class TokenMix(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 6)
+            self.mix = nn.Linear(5, 5)  # mixes the 5 tokens; the 6 channels are batch-like here
+            self.head = nn.Linear(6, 2)
+
+        def forward(self, x):  # (B, 5, 4)
+            h = self.mix(self.a(x).transpose(1, 2))  # (B, 6, 5)
+            return self.head(h.sum(-1))
+
+    m = TokenMix().eval()
+    x = torch.randn(2, 5, 4)
+    zero_units(m, x)
+    ref = run(m, x)
+    tc.prune_channels(m, x, 0.5, criterion="l1")
+    assert (m.a.out_features, m.head.in_features, m.mix.in_features) == (3, 3, 5)
+    torch.testing.assert_close(run(m, x), ref, rtol=1e-4, atol=1e-5)

@@ -1,4 +1,4 @@
-"""The channel graph, the op rules and the criteria, piece by piece."""
+"""Channel importance criteria: magnitudes, BN scale, Taylor, Wanda, random; how members combine."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from torch import nn
 
 import torchcompress as tc
 from torchcompress.batches import example_batch
+from torchcompress.layers import layer_kind
+from torchcompress.sparsity.calibration import Target, collect_statistics
 from torchcompress.sparsity.structured import IMPORTANCE, ScoreContext, analyse
 from torchcompress.testing import TinyCNN
 
@@ -77,3 +79,49 @@ def test_wanda_weighs_columns_by_activation_norms_without_labels() -> None:
     tc.prune_channels(m, torch.randn(1, 4), 1 / 6, criterion="wanda", data=data)
     rep = tc.sparsity.channel_report(m)
     assert rep.groups[0].removed_units == [2] and rep.groups[0].criterion == "wanda"
+
+
+def _taylor_removed(grad_mode) -> list[int]:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    data = [(torch.randn(16, 4), torch.randint(0, 3, (16,))) for _ in range(2)]
+    with grad_mode():
+        tc.prune_channels(m, torch.randn(1, 4), 0.5, criterion="taylor", data=data)
+    assert m[0].weight.requires_grad and m[0].weight.grad is None  # no gradient left behind
+    return tc.sparsity.channel_report(m).groups[0].removed_units
+
+
+def test_taylor_under_no_grad_ranks_as_with_gradients_on() -> None:
+    assert _taylor_removed(torch.no_grad) == _taylor_removed(torch.enable_grad)
+
+
+def test_taylor_scores_are_mean_abs_weight_times_gradient() -> None:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    loss = nn.functional.cross_entropy(m(x), y)
+    g0, g2 = torch.autograd.grad(loss, [m[0].weight, m[2].weight])
+    rows = (m[0].weight * g0).abs().sum(1).detach().double()  # producer rows, per unit
+    cols = (m[2].weight * g2).abs().sum(0).detach().double()  # consumer columns, per unit
+    expected = (rows / rows.mean() + cols / cols.mean()) / 2  # each member normalised, averaged
+    a = analyse(m, example_batch(m, x))
+    ctx = ScoreContext()
+    targets = [Target(n, m.get_submodule(n), layer_kind(m.get_submodule(n))) for n in "02"]
+    ctx.stats = collect_statistics(
+        m, targets, {"0": {"grad_abs"}, "2": {"grad_abs"}}, [(x, y)], None
+    )
+    got, note = IMPORTANCE.get("taylor").scores(a.groups[0], m, ctx)
+    assert note == ""
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_every_groups_scores_average_one() -> None:
+    torch.manual_seed(0)
+    m = TinyCNN()
+    a = analyse(m, example_batch(m, torch.randn(1, 3, 8, 8)))
+    for name in ("l1", "l2", "bn_scale"):
+        for g in a.groups:
+            s, _ = IMPORTANCE.get(name).scores(g, m, ScoreContext())
+            assert s.dtype == torch.float64 and len(s) == len(g.units)
+            if name != "l2":  # l2 takes a root after normalising the squares
+                assert float(s.mean()) == pytest.approx(1.0)

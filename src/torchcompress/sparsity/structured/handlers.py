@@ -211,7 +211,18 @@ class WeightLayerHandler(ModuleHandler):
                 factors.append(cols[0])
         if isinstance(getattr(module, "bias", None), Tensor):
             ctx.graph.bind(ctx.key(module, name, "bias"), 0, out, name)
-        ctx.set_label(y, y_dim, out)
+        # other labeled dimensions: leading (batch-like) ones map position by position and keep
+        # their labels; spatial ones are mixed by the kernel, so their channels stay
+        labels: dict[int, Ids] = {}
+        for d, ids in ctx.labels(x).items():
+            if d == x_dim % x.dim():
+                continue
+            if d < x_dim % x.dim() and y.dim() == x.dim():
+                labels[d] = ids
+            else:
+                ctx.graph.fix(ids, ctx.reason(f"{name}: channels mixed along a spatial dimension"))
+        labels[y_dim % y.dim()] = out
+        ctx.set_labels(y, labels)
         ctx.add_cost(geo.macs(geo.output_positions(y)), factors)
 
     def _canonical_shape(self, module: nn.Module) -> tuple[int, ...]:

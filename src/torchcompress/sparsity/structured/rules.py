@@ -21,8 +21,11 @@ index              full slices pass; an int, a partial slice or a tensor index o
 reshape            dimension groups of equal size: a merge repeats each channel over its block
                    (flatten into a Linear), a split makes each outer index one block (heads)
 permute            labels follow the dimensions
-reduce             reduced dimensions drop out
-along_dim          softmax, normalize, cumsum: shape kept, labels too
+reduce             reduced dimensions drop out; a reduction other than a sum or a norm (``mean``,
+                   ``amax``, ``var``, ...) over a channel dimension keeps its channels (removing
+                   one, even of zeros, would change the result)
+along_dim          softmax, normalize, cumsum: shape kept, labels too; channels along the
+                   dimension of a softmax or a cumulative op are kept (they count)
 pooling, upsample  the leading (batch, channel) dimensions pass; spatial ones are not channels
 pad                padding a channel dimension keeps its channels
 matmul             batch dimensions broadcast, the contracted dimensions become one
@@ -81,7 +84,16 @@ from ...tracing import (
 from .context import Context, Labels
 from .graph import Ids
 
-__all__ = ["OP_RULES", "PRIORITY", "Rule", "apply_rule", "event_arg", "op_reason"]
+__all__ = [
+    "COUNTING_ALONG_DIM",
+    "OP_RULES",
+    "PRIORITY",
+    "ZERO_SAFE_REDUCTIONS",
+    "Rule",
+    "apply_rule",
+    "event_arg",
+    "op_reason",
+]
 
 Rule = Callable[[Context, OpEvent], None]
 
@@ -228,10 +240,29 @@ def _elementwise(ctx: Context, event: OpEvent) -> None:
     _set_all(ctx, event, labels, shape)
 
 
+#: ops along a dimension whose every output depends on how many channels there are along it (a
+#: zero channel still adds ``exp(0)`` to a softmax, shifts a cumulative sum's positions): channels
+#: along that dimension stay; ``normalize`` is not here (a zero adds nothing to a norm)
+COUNTING_ALONG_DIM = frozenset(
+    {"softmax", "log_softmax", "softmin", "cumsum", "cumprod", "logcumsumexp"}
+)
+
+#: reductions that a removed channel of zeros leaves unchanged; any other reduction (``mean``,
+#: ``var``, ``amax``, ``prod``, ``logsumexp``, ...) over a channel dimension keeps its channels
+ZERO_SAFE_REDUCTIONS = frozenset({"sum", "nansum", "norm", "vector_norm", "linalg_vector_norm"})
+
+
 def _along_dim(ctx: Context, event: OpEvent) -> None:
     x = event_arg(event, 0, "input")
-    if isinstance(x, Tensor):
-        _set_all(ctx, event, ctx.labels(x), tuple(x.shape))
+    if not isinstance(x, Tensor):
+        return
+    labels = ctx.labels(x)
+    if event.func_name in COUNTING_ALONG_DIM and x.dim():
+        dims = _dims(event_arg(event, 1, "dim"), x.dim()) or list(range(x.dim()))
+        for d in dims:
+            if d in labels:
+                ctx.graph.fix(labels[d], op_reason(ctx, event, "channels counted along by"))
+    _set_all(ctx, event, labels, tuple(x.shape))
 
 
 def _concat(ctx: Context, event: OpEvent) -> None:
@@ -316,9 +347,15 @@ def _reduce(ctx: Context, event: OpEvent) -> None:
     if not isinstance(x, Tensor) or not event.outputs or x.dim() == 0:
         return
     labels = ctx.labels(x)
-    pos = 2 if _fname(event) in ("norm", "vector_norm") else 1  # norm(x, p, dim, ...)
+    pos = (
+        2 if _fname(event) in ("norm", "vector_norm", "linalg_vector_norm") else 1
+    )  # norm(x, p, dim, ...)
     dim = event.kwargs.get("dim", event.args[pos] if len(event.args) > pos else None)
     dims = _dims(dim, x.dim())
+    if _fname(event) not in ZERO_SAFE_REDUCTIONS:
+        for d in range(x.dim()) if dims is None else dims:
+            if d in labels:
+                ctx.graph.fix(labels[d], op_reason(ctx, event, "channels reduced together by"))
     if dims is None:
         return
     kept = [d for d in range(x.dim()) if d not in dims]
