@@ -50,6 +50,7 @@ def _full(s: slice, size: int) -> bool:
 
 
 def index_rule(ctx: Context, event: OpEvent) -> None:
+    """``index``: full slices pass a channel dimension; ints, partial slices and tensors keep it."""
     x = event_arg(event, 0, "input")
     if not isinstance(x, Tensor) or not event.outputs:
         return
@@ -183,6 +184,7 @@ def reshape_labels(
 
 
 def reshape_rule(ctx: Context, event: OpEvent) -> None:
+    """``reshape``: labels through views (:func:`reshape_labels`) and ``expand`` (broadcast)."""
     x = event_arg(event, 0, "input")
     if not isinstance(x, Tensor) or not event.outputs:
         return
@@ -204,6 +206,8 @@ def reshape_rule(ctx: Context, event: OpEvent) -> None:
 
 
 def permutation(event: OpEvent, nd: int) -> list[int] | None:
+    """The permutation of an op on ``nd`` dimensions: output dim ``j`` is input dim ``perm[j]``;
+    ``None`` when it is not one this rule reads."""
     name = event.func_name
     if name == "__get__" or event.func is getattr:
         attr = OPS.normalise(event.func, event.args, event.kwargs).arg(1, "name")
@@ -243,6 +247,7 @@ def permutation(event: OpEvent, nd: int) -> list[int] | None:
 
 
 def permute_rule(ctx: Context, event: OpEvent) -> None:
+    """``permute``: labels follow the dimensions; an unread rearrangement keeps the channels."""
     x = event_arg(event, 0, "input")
     if not isinstance(x, Tensor) or not event.outputs:
         return
