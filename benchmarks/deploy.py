@@ -216,13 +216,15 @@ def onnx_exports(report: Report, quick: bool) -> None:
         per_channel=True,
     )
     files = {"onnxruntime fp32": fp, "onnxruntime quantize_static (QDQ)": ort_static}
-    for label, kw in (
-        ("tc.export_onnx (default)", {}),
-        ("tc.export_onnx, fuse_residual=False", {"fuse_residual": False}),
-    ):
-        q = tc.quantize(copy.deepcopy(cnn), tc.QuantConfig(), calib, **kw)
-        p = os.path.join(d, f"cnn_tc_{len(files)}.onnx")
-        files[label] = tc.export_onnx(q, x[:1], p)
+    q = tc.quantize(copy.deepcopy(cnn), tc.QuantConfig(), calib)
+    files["tc.export_onnx (default)"] = tc.export_onnx(q, x[:1], os.path.join(d, "cnn_tc.onnx"))
+    files["tc.export_onnx(fuse_residual=True): the torch arithmetic"] = tc.export_onnx(
+        q, x[:1], os.path.join(d, "cnn_tc_fused.onnx"), fuse_residual=True
+    )
+    qu = tc.quantize(copy.deepcopy(cnn), tc.QuantConfig(), calib, fuse_residual=False)
+    files["tc.quantize(fuse_residual=False), exported"] = tc.export_onnx(
+        qu, x[:1], os.path.join(d, "cnn_tc_unfused.onnx")
+    )
     _onnx_rows(report, "ResNet-20, static W8A8, batch 32", files, {"input": x.numpy()}, quick)
 
     # a MiniLM-sized BERT encoder (random weights), dynamic int8
