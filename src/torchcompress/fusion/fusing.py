@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from .. import io
+from .. import forms, io
 from ..errors import ConfigError, SelectionError, UnsupportedModuleError, did_you_mean
 from ..select import get_module, matches, replace_modules, select_modules
 from .analysis import _analyse, _auto_pairs, _shared, _verdict
@@ -189,6 +189,8 @@ def fuse(
         SelectionError: a name in ``pairs``, ``include`` or ``exclude`` matches no module.
         UnsupportedModuleError: an explicit pair (or a layer named exactly in ``include``) cannot
             be folded; the message says why.
+        CompressionStateError: a BatchNorm follows a layer that is already quantized or
+            factorized (fuse before those; see :mod:`torchcompress.forms`).
 
     Example:
         >>> import torch, torchcompress as tc
@@ -209,6 +211,11 @@ def fuse(
     chosen, reasons, method = _plan(model, pairs, example_inputs, inc, exc)
     fused_names = {n for pair in chosen for n in pair}
     modules = dict(model.named_modules())
+    # a compressed layer feeding a BatchNorm: the order of the steps decides (fuse first)
+    feeding = [n for n in reasons if n in modules and _is_compressed(modules[n])]
+    forms.check(
+        model, "fuse", targets=[n for n in feeding if not isinstance(modules[n], _BN_TYPES)]
+    )
     for pat in inc:
         m = modules.get(pat)
         if m is not None and isinstance(m, _PAIR_TYPES) and pat not in fused_names:
