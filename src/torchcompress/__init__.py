@@ -64,6 +64,7 @@ _SUBMODULES = (
     "data",
     "distill",
     "errors",
+    "forms",
     "fusion",
     "io",
     "lowrank",

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import CompressionStateError
+from .errors import CompressionStateError, UnsupportedModuleError
 from .registry import Registry
 
 __all__ = [
@@ -312,8 +312,14 @@ def check(
         CompressionStateError: some layers are in a form ``verb`` may not follow; the message names
             every one of them, grouped by form, and says which verb to call first.
         ConfigError: ``verb`` is not a registered verb.
+        UnsupportedModuleError: ``model`` is not an ``nn.Module``.
     """
     v = VERBS.get(verb)
+    if not isinstance(model, nn.Module):
+        raise UnsupportedModuleError(
+            f"{_call(verb)} takes an nn.Module as its model (first argument), got "
+            f"{type(model).__name__} {model!r:.60}."
+        )
     found = layer_forms(model, include=include, exclude=exclude, targets=targets)
     groups: dict[tuple[str, Rule], list[str]] = {}
     for name, forms in found.items():

@@ -22,7 +22,7 @@ from ..errors import (
     SelectionError,
     UnsupportedModuleError,
 )
-from ..layers import Geometry
+from ..layers import Geometry, check_finite
 from ..progress import progress_bar
 from ..select import read_by_parent, replace_modules, select_modules
 from . import functional as F
@@ -245,6 +245,7 @@ def factorize(
     method = get_method(cfg.method)
     rule = cfg.rule()
     targets = _select_dense(model, include, exclude)
+    check_finite(targets, "factorized")
     owners = _tied_weights(model)
     r_floor = round_rank(cfg.min_rank, cfg.round_to, "up")
 

@@ -23,7 +23,7 @@ from ..errors import (
     SelectionError,
     UnsupportedModuleError,
 )
-from ..layers import layer_kind, supported_types
+from ..layers import check_finite, layer_kind, supported_types
 from ..select import matches, select_modules, snapshot_modules
 from .calibration import LossFn, Target, collect_statistics
 from .config import PruneConfig
@@ -419,6 +419,7 @@ def prune(
         )
 
     misfits.raise_if_any()
+    check_finite([(t.name, t.module) for t in targets], "pruned")
     with snapshot_modules(model):
         fresh: set[str] = set()  # layers masked by this call (an all-ones mask for now)
         for lay in layers:
