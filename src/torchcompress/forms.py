@@ -455,7 +455,12 @@ allow("factorized", "convert", "converts the quantized factors")
 allow("factorized", "kmeans_quantize", "a codebook per factor")
 allow("factorized", "factorize", "left as it is (tc.lowrank.retruncate changes its rank)")
 allow("factorized", "merge_lowrank", "multiplies the factors back into one layer")
-block("factorized", "fuse", "call tc.fuse before tc.factorize", "fuse")
+allow(
+    "factorized",
+    "fuse",
+    "a BatchNorm after a factorized layer is not folded (it runs in float; a warning says so): "
+    "call tc.fuse before tc.factorize to fold it",
+)
 block(
     "factorized",
     "prune_channels",

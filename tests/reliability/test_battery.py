@@ -456,13 +456,6 @@ CASES = [
         "'conv1', 'conv2'.*fake-quant.*tc.fuse",
     ),
     Case(
-        "fuse-after-factorize",
-        lambda: tc.factorize(cnn(), L(rank=2), include=["conv2"]),
-        lambda m: tc.fuse(m),
-        E.CompressionStateError,
-        "'conv2'.*factorized",
-    ),
-    Case(
         "profile-wrong-shape",
         cnn,
         lambda m: tc.profile(m, torch.randn(1, 4, 8, 8)),

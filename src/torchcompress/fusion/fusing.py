@@ -189,8 +189,9 @@ def fuse(
         SelectionError: a name in ``pairs``, ``include`` or ``exclude`` matches no module.
         UnsupportedModuleError: an explicit pair (or a layer named exactly in ``include``) cannot
             be folded; the message says why.
-        CompressionStateError: a BatchNorm follows a layer that is already quantized or
-            factorized (fuse before those; see :mod:`torchcompress.forms`).
+        CompressionStateError: a BatchNorm follows a layer that is already quantized (fuse
+            before quantizing; see :mod:`torchcompress.forms`). A BatchNorm after a factorized
+            layer is left unfolded, with a warning.
 
     Example:
         >>> import torch, torchcompress as tc
@@ -212,10 +213,18 @@ def fuse(
     fused_names = {n for pair in chosen for n in pair}
     modules = dict(model.named_modules())
     # a compressed layer feeding a BatchNorm: the order of the steps decides (fuse first)
-    feeding = [n for n in reasons if n in modules and _is_compressed(modules[n])]
-    forms.check(
-        model, "fuse", targets=[n for n in feeding if not isinstance(modules[n], _BN_TYPES)]
-    )
+    feeding = [
+        n
+        for n in reasons
+        if n in modules and _is_compressed(modules[n]) and not isinstance(modules[n], _BN_TYPES)
+    ]
+    for name, layer_forms in forms.check(model, "fuse", targets=feeding).items():
+        log.warning(
+            "fuse: the BatchNorm after %r (%s) is not folded: %s",
+            name,
+            ", ".join(sorted(layer_forms)),
+            "; ".join(forms.rule(f, "fuse").note for f in sorted(layer_forms)),
+        )
     for pat in inc:
         m = modules.get(pat)
         if m is not None and isinstance(m, _PAIR_TYPES) and pat not in fused_names:
