@@ -27,7 +27,9 @@ Q, P, L = tc.QuantConfig, tc.PruneConfig, tc.LowRankConfig
 VERBS = {
     "prune-random": lambda m, d: tc.prune(m, P(criterion="random", seed=3)),
     "prune-taylor-global": lambda m, d: tc.prune(m, P(criterion="taylor", scope="global"), d),
-    "prune-wanda-2:4": lambda m, d: tc.prune(m, P(criterion="wanda", pattern="n:m"), d, exclude=["conv1"]),
+    "prune-wanda-2:4": lambda m, d: tc.prune(
+        m, P(criterion="wanda", pattern="n:m"), d, exclude=["conv1"]
+    ),
     "factorize-auto": lambda m, d: tc.factorize(m, L(rank="auto", budget=0.6), d),
     "factorize-activation-aware": lambda m, d: tc.factorize(
         m, L(rank=2, method="activation_aware"), d
