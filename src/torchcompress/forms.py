@@ -59,6 +59,7 @@ __all__ = [
     "allow",
     "block",
     "carriable",
+    "carried_forms",
     "carry_over",
     "check",
     "check_order",
@@ -204,6 +205,11 @@ def register_carrier(form: str, carry: Carrier) -> None:
 def forms_of(module: nn.Module) -> frozenset[str]:
     """The forms ``module`` itself is in (its submodules not included; empty for a plain layer)."""
     return frozenset(form for form, fns in _RECOGNISERS.items() if any(fn(module) for fn in fns))
+
+
+def carried_forms(module: nn.Module) -> frozenset[str]:
+    """The forms of ``module`` that move onto a replacement (those with a carrier: a pruning mask)."""
+    return frozenset(f for f in forms_of(module) if f in _CARRIERS)
 
 
 def carriable(module: nn.Module) -> bool:

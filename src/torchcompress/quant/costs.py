@@ -59,12 +59,24 @@ def _int_layer_cost(
     fmt = "float weights" if w is None else f"int{w['bits']} weights"
     if w is not None and w["bits"] <= 4:
         fmt += " (packed)"
+    macs = _macs(m, output)
+    # weights whose integer is the zero point are exact zeros (a pruned layer's, kept by convert)
+    real = m.dequantized_weight()
+    numel, nnz = real.numel(), int(torch.count_nonzero(real))
+    bias_zeros = 0 if m.bias is None else int((m.bias == 0).sum())
+    note = f"{fmt}: {m.kernel_note()}"
+    if nnz < numel:
+        note += f"; {1 - nnz / numel:.0%} zero weights"
     return LayerCost(
-        macs=_macs(m, output),
+        macs=macs,
         params=params,
-        nonzero_params=params,
+        nonzero_params=params - (numel - nnz) - bias_zeros,
+        # every weight takes part in the same number of MACs: the scaling is exact
+        effective_macs=macs // numel * nnz
+        if numel and macs % numel == 0
+        else round(macs * nnz / max(numel, 1)),
         bytes=m.stored_bytes(),
-        note=f"{fmt}: {m.kernel_note()}",
+        note=note,
     )
 
 
