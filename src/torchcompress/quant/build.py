@@ -206,7 +206,7 @@ def refuse_if_done(model: nn.Module, verb: str, exclude: Any) -> None:
         raise CompressionStateError(
             f"tc.{verb}: every layer of {type(model).__name__} it reaches is already {made} "
             f"({shown}); nothing was changed. To {verb} with another config, start again from the "
-            "float model (tc.quant.requantize changes a QAT model's bit widths)."
+            "float model."
         )
 
 
