@@ -147,6 +147,13 @@ def test_item5_factorized_conv_converted_prints_saves_and_loads(tmp_path) -> Non
     fresh = tc.load(path, net())
     assert torch.equal(fresh(x), m(x))
     assert tc.profile(fresh, x)["0"].params == tc.profile(m, x)["0"].params == 2 * (72 + 16) + 16
+    # and k-means of the factors
+    m = tc.kmeans_quantize(tc.factorize(net(), tc.LowRankConfig(rank=2)), bits=4)
+    assert "kernel_size=(3, 3), rank=2" in repr(m) and "4-bit codebook" in repr(m)
+    tc.save(m, path)
+    fresh = tc.load(path, net())
+    assert torch.equal(fresh(x), m(x))
+    assert tc.forms.layer_forms(fresh) == {"0": {"factorized", "kmeans"}}
 
 
 # --- item 6 (deployment): one Linear called twice, converted -------------------------------------
