@@ -492,8 +492,19 @@ for _form in _QUANT_FORMS:
     block(_form, "fuse", "call tc.fuse before quantizing", "fuse")
     block(_form, "prune_channels", "call tc.prune_channels before quantizing", "prune_channels")
     for _other in ("quantize", "prepare_qat", "kmeans_quantize"):
-        if _other == _by:
-            allow(_form, _other, f"left as it is (already {_form})")
+        if _other == _by == "prepare_qat":
+            block(
+                _form,
+                _other,
+                f"{_FLOAT} (tc.quant.requantize changes a QAT model's bit widths)",
+            )
+        elif _other == _by:
+            allow(
+                _form,
+                _other,
+                f"left as it is (already {_form}); {_call(_other)} acts on the other layers, and "
+                "with none left is an error that says so",
+            )
         else:
             block(_form, _other, f"{_FLOAT} ({_call(_other)} replaces float layers)")
 allow("fake-quant", "finalize", "bakes the mask into the float master weight")
