@@ -137,7 +137,7 @@ def main() -> None:
                     "variant": v,
                     "batches": batches,
                     "model MB": f"{r['model_mb']:.0f}",
-                    "accumulators MB": f"{r['accumulators_mb']:.1f}"
+                    "accumulators MB": f"{r['accumulators_mb']:.2f}"
                     if r["accumulators_mb"]
                     else "-",
                     "peak above model MB": f"{r['peak_over_model_mb']:.0f}",

@@ -126,6 +126,8 @@ def test_item4_kmeans_of_a_pruned_model_has_an_exact_zero_code() -> None:
     w = m[0].weight
     assert bool((w[zero] == 0).all()) and bool((w[~zero] != 0).all())
     assert 0.0 in m[0].codebook.tolist() and m[0].codebook.numel() == 4
+    row = tc.profile(m, torch.randn(2, 8))["0"]  # the zeros still count in the profile
+    assert row.nonzero_params == row.params - int(zero.sum()) and row.effective_macs < row.macs
 
 
 # --- item 5: factorized conv, quantized and converted: print and save ---------------------------
