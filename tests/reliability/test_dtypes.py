@@ -35,6 +35,12 @@ VERBS = {
     "prepare-qat-lsq": lambda m, d: tc.prepare_qat(m, Q(), "lsq", d),
     "kmeans": lambda m, d: tc.kmeans_quantize(m, bits=4),
     "fuse": lambda m, d: tc.fuse(m),
+    "prune-quantize-convert": lambda m, d: tc.convert(
+        tc.quantize(tc.prune(m, P(sparsity=0.5)), Q(), d)
+    ),
+    "prune-qat-convert": lambda m, d: tc.convert(
+        tc.prepare_qat(tc.prune(m, P(sparsity=0.5)), Q(), "ste", d)
+    ),
 }
 TOL = {torch.float64: 1e-6, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 
