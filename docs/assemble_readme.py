@@ -21,6 +21,7 @@ ORDER = [
     "quant",
     "qat",
     "sparsity",
+    "structured",
     "lowrank",
     "composition",
     "distill",
