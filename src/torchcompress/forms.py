@@ -450,7 +450,7 @@ allow(
 block(
     "masked",
     "prune_channels",
-    "call tc.finalize first (bake the masks in), or prune channels before masking",
+    "prune channels first, then tc.prune; or call tc.finalize first (bake the masks in)",
     "finalize",
 )
 allow("factorized", "prune", "prunes the factors (first, second) as two layers")

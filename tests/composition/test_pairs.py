@@ -48,6 +48,7 @@ PRODUCERS: dict[str, Step] = {
     "converted": lambda m, d: tc.convert(tc.quantize(m, Q(), d)),
     "kmeans": lambda m, d: tc.kmeans_quantize(m, bits=4),
     "factorized": lambda m, d: tc.factorize(m, tc.LowRankConfig(rank=2), include=["conv2", "fc"]),
+    "channel-pruned": lambda m, d: tc.prune_channels(m, X, 0.25),
 }
 #: how to apply each verb
 APPLIERS: dict[str, Step] = {
@@ -60,6 +61,7 @@ APPLIERS: dict[str, Step] = {
     "factorize": lambda m, d: tc.factorize(m, tc.LowRankConfig(rank=2)),
     "merge_lowrank": lambda m, d: tc.merge_lowrank(m),
     "fuse": lambda m, d: tc.fuse(m),
+    "prune_channels": lambda m, d: tc.prune_channels(m, X, 0.25),
 }
 #: verbs that compute the same function (up to float rounding or one quantization step)
 EXACT = {"finalize": 1e-5, "fuse": 1e-4, "merge_lowrank": 1e-4, "convert": 0.05}

@@ -121,6 +121,23 @@ CHAINS: dict[str, tuple[Callable[..., nn.Module], list]] = {
         ],
     ),
     "mlp-masked-kmeans": (mlp, [prune(), lambda m: tc.kmeans_quantize(m, bits=3)]),
+    "cnn-channel-pruned": (cnn, [lambda m: tc.prune_channels(m, INPUTS[cnn], 0.25)]),
+    "cnn-channel-pruned-masked-converted": (
+        cnn,
+        [
+            lambda m: tc.prune_channels(m, INPUTS[cnn], 0.25),
+            prune(),
+            quantize(static=True),
+            lambda m: tc.convert(m),
+        ],
+    ),
+    "cnn-channel-pruned-factorized": (
+        cnn,
+        [
+            lambda m: tc.prune_channels(m, INPUTS[cnn], 0.25),
+            lambda m: tc.factorize(m, tc.LowRankConfig(rank=2), include=["conv2"]),
+        ],
+    ),
 }
 
 

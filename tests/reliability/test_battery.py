@@ -399,6 +399,20 @@ CASES = [
         E.CompressionStateError,
         "already kmeans.*'0', '2'",
     ),
+    Case(
+        "prune-channels-after-prune",
+        pruned(cnn),
+        lambda m: tc.prune_channels(m, IMG, 0.25),
+        E.CompressionStateError,
+        "'conv1', 'conv2', 'fc'.*masked.*prune channels first",
+    ),
+    Case(
+        "prune-channels-after-quantize",
+        quantized(cnn),
+        lambda m: tc.prune_channels(m, IMG, 0.25),
+        E.CompressionStateError,
+        "'conv1', 'conv2', 'fc'.*fake-quant.*tc.prune_channels before",
+    ),
     # --- prune / finalize -------------------------------------------------------------------------
     Case("prune-config-float", mlp, lambda m: tc.prune(m, 0.5), E.ConfigError, "PruneConfig"),
     Case(
