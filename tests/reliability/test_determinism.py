@@ -40,6 +40,9 @@ VERBS = {
     "quantize-mse": lambda m, d: tc.quantize(m, Q(observer="mse"), d),
     "kmeans-weighted": lambda m, d: tc.kmeans_quantize(m, bits=3, weighted=True, calib_data=d),
     "fuse": lambda m, d: tc.fuse(m),
+    "prune-channels-taylor": lambda m, d: tc.prune_channels(
+        m, d[0][0], 0.25, criterion="taylor", data=d
+    ),
     "qat-lsq-finetune-convert": lambda m, d: tc.convert(
         tc.finetune(tc.prepare_qat(m, Q(), "lsq", d), d, epochs=1, lr=0.01)
     ),

@@ -35,6 +35,7 @@ VERBS = {
     "prepare-qat-lsq": lambda m, d: tc.prepare_qat(m, Q(), "lsq", d),
     "kmeans": lambda m, d: tc.kmeans_quantize(m, bits=4),
     "fuse": lambda m, d: tc.fuse(m),
+    "prune-channels": lambda m, d: tc.prune_channels(m, d[0], 0.25),
     "prune-quantize-convert": lambda m, d: tc.convert(
         tc.quantize(tc.prune(m, P(sparsity=0.5)), Q(), d)
     ),

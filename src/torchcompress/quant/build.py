@@ -163,7 +163,10 @@ def build_quant_layer(
     check_targets([(name, old)], config)
     # "meta": no throw-away allocation; the original parameters are taken over
     layer = quant_layer_class(geo).from_geometry(geo, device="meta", source=source_name(old))
-    layout = lambda t: canonical_weight(old, t, name=name)  # noqa: E731
+
+    def layout(t: torch.Tensor) -> torch.Tensor:  # old's stored layout -> the canonical one
+        return canonical_weight(old, t, name=name)
+
     take_over_parameters(old, layer, layout, bias=geo.bias)
     wr, ar = integer_ranges(config, reduce)
     rows, cols = layer.weight_shape2d
