@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .. import io
+from .. import forms, io
 from ..errors import CompressionStateError, ConfigError
 from ..select import set_module, snapshot_modules
 from .build import finalize_for_convert
@@ -99,6 +99,7 @@ def convert(model: nn.Module, *, fuse_siblings: bool = True, runtime: str = "cac
     """
     if runtime not in RUNTIMES:
         raise ConfigError(f"convert(runtime={runtime!r}) must be one of {list(RUNTIMES)}.")
+    forms.check(model, "convert")
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLayer)]
     if not layers and _set_runtime(model, runtime):
         io.add_history(model, "convert", {"runtime": runtime})
