@@ -51,7 +51,7 @@ def _variants(model: nn.Module, linear_only: bool) -> dict[str, nn.Module]:
         out["W4 group 128, runtime='cache'"] = tc.convert(copy.deepcopy(qg))
     k = tc.kmeans_quantize(copy.deepcopy(model), bits=4)
     out["k-means 4-bit, runtime='cache'"] = k
-    out["k-means 4-bit, runtime='lowbit'"] = tc.convert(copy.deepcopy(k), runtime="lowbit")
+    out["k-means 4-bit, runtime='lowbit'"] = tc.quant.set_runtime(copy.deepcopy(k), "lowbit")
     return out
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import torchcompress as tc
-from torchcompress.errors import ConfigError
+from torchcompress.errors import CompressionStateError, ConfigError
 from torchcompress.quant import functional as QF
 from torchcompress.quant.int_layer import DequantKernel
 from torchcompress.quant.kernels import _fbgemm_engine
@@ -75,22 +75,29 @@ def test_runtime_is_saved_and_restored(tmp_path) -> None:
     assert loaded[0].qweight.dtype == torch.uint8  # low-bit on disk and after loading
 
 
-def test_convert_changes_the_mode_of_a_converted_or_kmeans_model(tmp_path) -> None:
+def test_set_runtime_switches_a_converted_or_kmeans_model(tmp_path) -> None:
     c = tc.convert(tc.quantize(_mlp(), W4_CHANNEL))
-    assert tc.convert(c, runtime="lowbit")[2].runtime == "lowbit"
+    assert tc.quant.set_runtime(c, "lowbit")[2].runtime == "lowbit"
     k = tc.kmeans_quantize(_mlp(), bits=4)
     x = torch.randn(5, 64)
     with torch.no_grad():
         y = k(x)
         assert k[0].runtime == "cache" and "cached in float" in repr(k[0])
         assert torch.equal(k(x), y)
-        tc.convert(k, runtime="lowbit")
+        tc.quant.set_runtime(k, "lowbit")
         assert "at every call" in repr(k[0])
         assert torch.equal(k(x), y)
     tc.save(k, tmp_path / "k.safetensors")
     assert tc.load(tmp_path / "k.safetensors", _mlp())[0].runtime == "lowbit"
+    assert tc.kmeans_quantize(_mlp(), bits=2, runtime="lowbit")[0].runtime == "lowbit"
     with pytest.raises(ConfigError, match="runtime"):
-        tc.convert(c, runtime="fast")
+        tc.quant.set_runtime(c, "fast")
+    with pytest.raises(ConfigError, match="runtime"):
+        tc.convert(tc.quantize(_mlp(), W4_CHANNEL), runtime="fast")
+    with pytest.raises(ConfigError, match="runtime"):
+        tc.kmeans_quantize(_mlp(), runtime="w4a8")
+    with pytest.raises(CompressionStateError, match=r"tc\.convert"):
+        tc.quant.set_runtime(_mlp(), "cache")
 
 
 def test_kmeans_cache_follows_state_changes() -> None:

@@ -85,7 +85,7 @@ from __future__ import annotations
 from . import codecs as _codecs  # noqa: F401  (registers the codecs)
 from . import costs as _costs  # noqa: F401  (registers the profiler costs)
 from . import recognisers as _recognisers  # noqa: F401  (registers the quantized forms)
-from .converting import IntLayer, convert
+from .converting import RUNTIMES, IntLayer, convert, set_runtime
 from .graph import QuantGraph
 from .kernels import KERNELS
 from .kmeans import KMeansLayer, kmeans_quantize
@@ -130,6 +130,7 @@ __all__ = [
     "MSE",
     "OBSERVERS",
     "QAT_METHODS",
+    "RUNTIMES",
     "SAWB",
     "FakeQuantize",
     "FreezeBNStats",
@@ -164,6 +165,7 @@ __all__ = [
     "prepare_qat",
     "quantize",
     "requantize",
+    "set_runtime",
     "unfreeze_bn_stats",
     "unfreeze_observers",
 ]

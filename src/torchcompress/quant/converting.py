@@ -29,6 +29,7 @@ __all__ = [
     "W4A8Kernel",
     "convert",
     "link_siblings",
+    "set_runtime",
 ]
 
 
@@ -70,12 +71,11 @@ def convert(model: nn.Module, *, fuse_siblings: bool = True, runtime: str = "cac
       the weight-only model. Layers it cannot run are cached.
 
     The ``repr`` of each layer and :func:`torchcompress.profile` say which runs, and the profile's
-    note gives the bytes held at run time where they exceed the stored bytes. Calling ``convert``
-    again on a converted (or k-means) model only changes the runtime mode.
+    note gives the bytes held at run time where they exceed the stored bytes. :func:`set_runtime`
+    switches the mode of a converted (or k-means) model.
 
     Args:
-        model: a model quantized with :func:`torchcompress.quantize` (or already converted, or
-            k-means-quantized); modified in place.
+        model: a model quantized with :func:`torchcompress.quantize`; modified in place.
         fuse_siblings: group sibling Linear layers into one GEMM (see above).
         runtime: ``"cache"``, ``"lowbit"`` or ``"w4a8"`` (see above).
 
@@ -94,16 +94,13 @@ def convert(model: nn.Module, *, fuse_siblings: bool = True, runtime: str = "cac
         (torch.uint8, torch.Size([2, 64]))
         >>> w4 = tc.QuantConfig(weight=tc.IntSpec(4, granularity="channel"), activation=None)
         >>> m = tc.convert(tc.quantize(torch.nn.Sequential(torch.nn.Linear(64, 64)), w4))
-        >>> m[0].runtime, tc.convert(m, runtime="lowbit")[0].runtime
+        >>> m[0].runtime, tc.quant.set_runtime(m, "lowbit")[0].runtime
         ('cache', 'lowbit')
     """
     if runtime not in RUNTIMES:
         raise ConfigError(f"convert(runtime={runtime!r}) must be one of {list(RUNTIMES)}.")
     forms.check(model, "convert")
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLayer)]
-    if not layers and _set_runtime(model, runtime):
-        io.add_history(model, "convert", {"runtime": runtime})
-        return model
     if not layers:
         raise CompressionStateError(
             f"{type(model).__name__} has no fake-quant layer to convert; call tc.quantize(model, "
@@ -128,8 +125,41 @@ def convert(model: nn.Module, *, fuse_siblings: bool = True, runtime: str = "cac
         for mod in model.modules():
             if isinstance(mod, IntLayer):
                 mod.fuse_siblings = False
-    _set_runtime(model, runtime)
+    _set_runtime(model, runtime)  # (any k-means layers of the model too)
     io.add_history(model, "convert", {"fuse_siblings": fuse_siblings, "runtime": runtime})
+    return model
+
+
+def set_runtime(model: nn.Module, runtime: str) -> nn.Module:
+    """Switch the runtime mode of every converted and k-means layer of ``model`` (see
+    :func:`convert`): ``"cache"``, ``"lowbit"`` or ``"w4a8"`` (k-means layers: ``"w4a8"`` has no
+    codebook kernel, they cache). Saved with the model.
+
+    Args:
+        model: a converted or k-means-quantized model; modified in place.
+        runtime: the mode.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        ConfigError: an unknown mode.
+        CompressionStateError: the model has no converted or k-means layer.
+
+    Example:
+        >>> import torch, torchcompress as tc
+        >>> m = tc.kmeans_quantize(torch.nn.Sequential(torch.nn.Linear(16, 8)), bits=2)
+        >>> "at every call" in repr(tc.quant.set_runtime(m, "lowbit")[0])
+        True
+    """
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"set_runtime(runtime={runtime!r}) must be one of {list(RUNTIMES)}.")
+    if not _set_runtime(model, runtime):
+        raise CompressionStateError(
+            f"{type(model).__name__} has no converted or k-means layer; call tc.convert or "
+            "tc.kmeans_quantize first."
+        )
+    io.add_history(model, "set_runtime", {"runtime": runtime})
     return model
 
 

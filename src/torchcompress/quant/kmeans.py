@@ -275,6 +275,7 @@ def kmeans_quantize(
     seed: int = 0,
     max_batches: int | None = None,
     progress: bool | None = None,
+    runtime: str = "cache",
 ) -> nn.Module:
     """Replace each layer's weights by a per-layer codebook of ``2^bits`` centroids (k-means).
 
@@ -292,6 +293,10 @@ def kmeans_quantize(
         seed: initialisation seed.
         max_batches: calibration batches used at most.
         progress: show a progress bar.
+        runtime: ``"cache"`` (look the weights up once and keep them: float speed, float weights
+            in memory at run time) or ``"lowbit"`` (look them up at every call); the file keeps
+            the indices either way. Switch later with
+            :func:`torchcompress.quant.set_runtime`.
 
     Returns:
         ``model``, with :class:`KMeansLayer` s.
@@ -309,6 +314,8 @@ def kmeans_quantize(
     forms.check(model, "kmeans_quantize", include=include, exclude=exclude)
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
         raise ConfigError(f"kmeans_quantize: bits={bits!r} must be an int from 1 to 8.")
+    if runtime not in ("cache", "lowbit"):
+        raise ConfigError(f"kmeans_quantize: runtime={runtime!r} must be 'cache' or 'lowbit'.")
     if weighted is True:
         weighted = "activation"
     if weighted not in (False, "activation", "magnitude"):
@@ -351,6 +358,7 @@ def kmeans_quantize(
             dataclasses.replace(geo, bias=isinstance(bias, Tensor)),
             bits,
             source=source_name(old),
+            runtime=runtime,
             dtype=w.dtype,
             device=w.device,
         )
