@@ -78,7 +78,9 @@ from __future__ import annotations
 
 from . import codecs as _codecs  # noqa: F401  (registers the codecs)
 from . import costs as _costs  # noqa: F401  (registers the profiler costs)
+from .awq import AWQConfig, awq
 from .converting import IntLayer, convert
+from .gptq import GPTQConfig, gptq
 from .graph import QuantGraph
 from .kernels import KERNELS
 from .kmeans import KMeansLayer, kmeans_quantize
@@ -115,6 +117,8 @@ from .qat import (
     unfreeze_observers,
 )
 from .qat import codecs as _qat_codecs  # noqa: F401  (registers the folded conv+BN codec)
+from .scaling import InputScaled
+from .smoothquant import SmoothQuantConfig, smoothquant
 from .spec import IntSpec, QuantConfig
 
 __all__ = [
@@ -124,9 +128,12 @@ __all__ = [
     "OBSERVERS",
     "QAT_METHODS",
     "SAWB",
+    "AWQConfig",
     "FakeQuantize",
     "FreezeBNStats",
     "FreezeObservers",
+    "GPTQConfig",
+    "InputScaled",
     "IntLayer",
     "IntSpec",
     "KMeansLayer",
@@ -147,15 +154,19 @@ __all__ = [
     "QuantLayer",
     "QuantLinear",
     "STEQuantize",
+    "SmoothQuantConfig",
+    "awq",
     "convert",
     "export_onnx",
     "freeze_bn_stats",
     "freeze_observers",
+    "gptq",
     "kmeans_quantize",
     "pact_regularizer",
     "prepare_qat",
     "quantize",
     "requantize",
+    "smoothquant",
     "unfreeze_bn_stats",
     "unfreeze_observers",
 ]

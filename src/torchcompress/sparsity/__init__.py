@@ -6,6 +6,8 @@ The surface (also as ``tc.<name>``):
   (unstructured, N:M, whole channels), by magnitude, random, L1/L2 group norms, first-order Taylor,
   Fisher or Wanda scores, per layer, per output row or with one global threshold; calling it again
   re-prunes, keeping what is pruned;
+- :func:`sparsegpt` (and :class:`SparseGPTConfig`): one-shot SparseGPT or Wanda pruning of a
+  transformer's blocks, one block at a time, with weight reconstruction (SparseGPT);
 - :func:`sparsity_report`: per-layer and overall sparsity;
 - :func:`finalize`: bake the masks in (plain modules again), optionally onto torch's 2:4
   semi-structured kernels (:func:`to_semi_structured`, CUDA);
@@ -50,6 +52,7 @@ from .regularizers import L1, BNScaleL1, GroupHoyer, GroupLasso, Hoyer, Regulari
 from .report import LayerSparsity, SparsityReport, sparsity_report
 from .schedules import SCHEDULE_KINDS, GradualPruning, SparsitySchedule, gradual_prune
 from .semi_structured import semi_structured_available, to_semi_structured
+from .sparsegpt import SparseGPTConfig, sparsegpt
 
 __all__ = [
     "CRITERIA",
@@ -71,6 +74,7 @@ __all__ = [
     "Pattern",
     "PruneConfig",
     "Regularizer",
+    "SparseGPTConfig",
     "SparsityReport",
     "SparsitySchedule",
     "Target",
@@ -85,6 +89,7 @@ __all__ = [
     "prune",
     "select_targets",
     "semi_structured_available",
+    "sparsegpt",
     "sparsity_report",
     "to_semi_structured",
 ]
