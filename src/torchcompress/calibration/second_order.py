@@ -19,7 +19,7 @@ upper Cholesky factor of ``H^-1``. Here, tensor in, tensor out:
 Example:
     >>> import torch
     >>> from torchcompress.calibration.second_order import damped_hessian, inverse_cholesky, obs_sweep
-    >>> x = torch.randn(256, 8, dtype=torch.float64)
+    >>> x = torch.randn(256, 8, dtype=torch.float64) @ torch.randn(8, 8, dtype=torch.float64)
     >>> h, dead = damped_hessian(x.T @ x / 256, damp=0.01)
     >>> u = inverse_cholesky(h)
     >>> w = torch.randn(4, 8, dtype=torch.float64)
