@@ -333,6 +333,8 @@ def _prune_layer(
     )  # type: ignore[union-attr]
     forced = _masked_rows(kind, module, geo, p.regrow)  # type: ignore[arg-type]
     order = _columns(geo) if nm is not None else None
+    if order is not None:
+        order = order.to(w.device)
     out = w.clone()
     keep = torch.ones_like(w, dtype=torch.bool)
     m = geo.m
@@ -350,7 +352,9 @@ def _prune_layer(
             elif nm is not None:
                 kg = prune_mask(scores, ff, nm=nm)
             elif p.scope == "output":
-                count = torch.full((m,), round(p.target_sparsity * geo.n), dtype=torch.long)
+                count = torch.full(
+                    (m,), round(p.target_sparsity * geo.n), dtype=torch.long, device=w.device
+                )
                 kg = prune_mask(scores, ff, count=count)
             else:
                 kg = prune_mask(scores, ff, count=round(p.target_sparsity * m * geo.n))
