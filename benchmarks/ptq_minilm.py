@@ -150,7 +150,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--calib", type=int, default=128, help="calibration sentences")
     ap.add_argument("--eval", type=int, default=384, help="evaluation sentences")
     ap.add_argument("--probe", default=None, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: robust on a shared machine)"
+    )
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
     if args.probe:
         _probe(args.probe, args.calib)
         return
@@ -236,10 +240,11 @@ def main(argv: list[str] | None = None) -> None:
             f"{a if a is not None else 'none'} ×{chosen.count(a)}"
             for a in sorted(set(chosen), key=lambda v: -1 if v is None else v)
         )
-        + f" over {len(chosen)} groups (none: unsmoothed did best). In a post-norm BERT every "
-        "scale stays an explicit per-channel multiply in front of its layer (`InputScaled`): the "
-        "LayerNorm outputs also feed the residual, and the second FFN layer's input comes out of a "
-        "GELU, so no op can absorb it."
+        + f" over {len(chosen)} groups (none: unsmoothed did best). In a post-norm BERT the "
+        "attention output's scale folds into the value projection, and the other three groups of "
+        "a block keep an explicit per-channel multiply in front of their layers (`InputScaled`): "
+        "the LayerNorm outputs also feed the residual, and the second FFN layer's input comes out "
+        "of a GELU, so no op can absorb their scales."
     )
     batch = tokenize(tok, eval_s[:32])
     converted = {"fp32": model}

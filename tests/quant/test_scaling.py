@@ -93,7 +93,7 @@ def test_fold_can_be_refused_and_scales_are_checked() -> None:
 
 
 def test_registry_lists_the_absorbers() -> None:
-    assert ABSORBERS.names() == ["norm", "linear", "product"]
+    assert ABSORBERS.names() == ["norm", "linear", "product", "value"]
 
 
 def test_input_scaled_round_trips_through_save_and_load(tmp_path) -> None:

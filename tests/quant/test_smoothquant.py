@@ -84,13 +84,23 @@ def _hidden(model: nn.Module, batch: dict) -> torch.Tensor:
 @pytest.mark.parametrize(
     ("make", "explicit", "folded"),
     [
-        ("tiny_bert", "attention.self.query", None),  # post-norm: the input also feeds the residual
-        ("tiny_gpt2", "attn.c_proj", "attn.c_attn"),  # ln_1 absorbs it
-        ("tiny_llama", "self_attn.o_proj", "mlp.down_proj"),  # up_proj absorbs down_proj's scale
+        # post-norm: the block's input and the LayerNorm's output also feed the residual, and the
+        # second FFN layer reads a GELU's output; the value projection absorbs the output's scale
+        (
+            "tiny_bert",
+            ["attention.self.query", "intermediate.dense", "output.dense"],
+            ["attention.output.dense"],
+        ),
+        ("tiny_gpt2", ["mlp.c_proj"], ["attn.c_attn", "attn.c_proj", "mlp.c_fc"]),
+        (
+            "tiny_llama",
+            [],
+            ["self_attn.q_proj", "self_attn.o_proj", "mlp.up_proj", "mlp.down_proj"],
+        ),
     ],
 )
 def test_transform_leaves_transformers_unchanged(
-    transformers, make: str, explicit: str, folded: str | None
+    transformers, make: str, explicit: list[str], folded: list[str]
 ) -> None:
     from torchcompress import testing
 
@@ -99,9 +109,10 @@ def test_transform_leaves_transformers_unchanged(
     smooth = tc.smoothquant(copy.deepcopy(model), data, alpha=0.6)
     assert _rel_err(smooth, model, data, _hidden) < 1e-8
     block = tc.calibration.find_blocks(smooth)[0][1]
-    assert isinstance(block.get_submodule(explicit), InputScaled)
-    if folded is not None:
-        assert not isinstance(block.get_submodule(folded), InputScaled)
+    for name in explicit:
+        assert isinstance(block.get_submodule(name), InputScaled), name
+    for name in folded:
+        assert not isinstance(block.get_submodule(name), InputScaled), name
     q = tc.quantize(smooth, tc.QuantConfig(), data)  # then W8A8 runs
     assert _rel_err(q, model, data, _hidden) < 0.1
 
@@ -119,3 +130,24 @@ def test_bad_input() -> None:
     with pytest.raises(DataError, match="calib_data is None"):
         tc.smoothquant(model)
     assert isinstance(model.blocks[0].fc1, nn.Linear) and not tc.io.history(model)
+
+
+@pytest.mark.onnx
+def test_explicit_scales_quantize_convert_and_export(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    model, data = _outlier_model(), _data()
+    smooth = tc.smoothquant(copy.deepcopy(model), data, alpha=0.5, fold=False)
+    q = tc.quantize(smooth, tc.QuantConfig(), data)  # graph mode: InputScaled is traced through
+    assert isinstance(q.blocks[0].fc1, InputScaled)
+    assert isinstance(q.blocks[0].fc1.layer, tc.quant.QuantLinear)
+    path = str(tmp_path / "sq.onnx")
+    tc.export_onnx(q, data[0], path)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: data[0].numpy()})[0]
+    with torch.no_grad():
+        want = q(data[0])
+        torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-4, atol=1e-4)
+        conv = tc.convert(copy.deepcopy(q))
+        torch.testing.assert_close(conv(data[0]), want, rtol=1e-4, atol=1e-4)

@@ -1,7 +1,9 @@
 """Quantization: integer formats, observers, post-training quantization, real integer execution.
 
 Public surface (also as ``tc.<name>``): :class:`IntSpec`, :class:`QuantConfig`, :func:`quantize`,
-:func:`prepare_qat`, :func:`convert`, :func:`kmeans_quantize`, :func:`export_onnx`. Observer specs
+:func:`prepare_qat`, :func:`convert`, :func:`kmeans_quantize`, :func:`export_onnx`, and the
+block-by-block methods :func:`gptq` / :class:`GPTQConfig`, :func:`awq` / :class:`AWQConfig`,
+:func:`smoothquant` / :class:`SmoothQuantConfig`. Observer specs
 (``tc.quant.<name>``): :class:`MinMax`, :class:`MovingMinMax`, :class:`Percentile`, :class:`MSE`,
 :class:`KL`, :class:`SAWB` (``QuantConfig(observer=tc.quant.Percentile(99.9))``). QAT helpers
 (``tc.quant.<name>``): :func:`freeze_bn_stats`, :func:`unfreeze_bn_stats`, :func:`freeze_observers`,
@@ -39,6 +41,13 @@ import helpers, helpers never import verbs):
 9. Codecs and export: :mod:`~torchcompress.quant.codecs` and ``qat.codecs`` (save/load),
    :mod:`~torchcompress.quant.costs` (profiler costs), :mod:`~torchcompress.quant.onnx_export`
    (:func:`export_onnx`).
+10. Block-by-block post-training methods, on :class:`torchcompress.calibration.SequentialRunner`:
+    :mod:`~torchcompress.quant.blockwise` (their configs' base, targets, building layers with the
+    weights and ranges a method computed), :mod:`~torchcompress.quant.scaling` (per-input-channel
+    scales folded into the producing op, or :class:`InputScaled`), :mod:`~torchcompress.quant.scale_search`
+    (ranking candidate scales by the block's output error), then the verbs
+    :mod:`~torchcompress.quant.gptq` (:func:`gptq`), :mod:`~torchcompress.quant.awq` (:func:`awq`)
+    and :mod:`~torchcompress.quant.smoothquant` (:func:`smoothquant`).
 
 Contract for quantization-aware training (``tc.prepare_qat``) and later PTQ methods (GPTQ, AWQ,
 SmoothQuant), which build on these modules:

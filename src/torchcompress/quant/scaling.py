@@ -11,7 +11,10 @@ nothing when the op that produced ``x`` can absorb ``1 / s`` and nothing else re
 - ``"linear"``: a Linear (or Hugging Face ``Conv1D``) returning ``x``: its output rows (OPT's
   ``fc1`` through a ReLU, which commutes with positive scales);
 - ``"product"``: an element-wise product one of whose factors a Linear returns (LLaMA's
-  ``act(gate(x)) * up(x)``: ``up``'s rows).
+  ``act(gate(x)) * up(x)``: ``up``'s rows);
+- ``"value"``: attention's output (``softmax(Q K^T) V``, heads merged back), where a Linear returns
+  ``V`` (or a slice of it, GPT-2's packed ``c_attn``): the value projection's rows absorb the scale
+  of the output projection.
 
 These absorbers are registered in :data:`ABSORBERS` (add one for another producer). The dataflow
 comes from :func:`torchcompress.calibration.dataflow.analyze` (the op recorder), so a fold happens
@@ -57,10 +60,12 @@ from ..errors import ConfigError
 from ..layers import layer_kind, stored_weight
 from ..registry import Registry
 from ..select import set_module
-from ..tracing import OPS, RELU
+from ..tracing import IDENTITY, OPS, RELU, RESHAPE, SPLIT
 
 __all__ = [
     "ABSORBERS",
+    "ATTENTION",
+    "MIXES_ROWS",
     "PRODUCT",
     "Absorber",
     "Fold",
@@ -79,6 +84,12 @@ PRODUCT = "product"
 OPS.register(PRODUCT, torch.mul, operator.mul, "mul", "__mul__", "__rmul__")
 if hasattr(torch, "multiply"):
     OPS.register(PRODUCT, torch.multiply)
+#: Op category of products ``A @ B`` (each output channel a mix of the same channel of ``B``'s rows).
+MIXES_ROWS = "mixes_rows"
+OPS.register(MIXES_ROWS, torch.matmul, operator.matmul, "matmul", "__matmul__", torch.bmm, "bmm")
+#: Op category of fused attention ``attention(q, k, v)`` (each output channel a mix of ``v``'s).
+ATTENTION = "attention"
+OPS.register(ATTENTION, torch.nn.functional.scaled_dot_product_attention)
 
 
 class InputScaled(nn.Module):
@@ -272,11 +283,74 @@ class ProductAbsorber(Absorber):
         return None
 
 
+def _back_through_views(flow: Dataflow, tensor: Tensor) -> Tensor:
+    """Step back through reshapes, transposes and copies that nothing else reads."""
+    while True:
+        src = flow.source(tensor)
+        op = None if src is None else src.op
+        if op is None or not (op.categories & {RESHAPE, IDENTITY}) or len(op.inputs) != 1:
+            return tensor
+        inner = op.inputs[0].tensor
+        if flow.is_output(inner) or flow.consumers(inner) != [op]:
+            return tensor
+        tensor = inner
+
+
+class ValueAbsorber(Absorber):
+    """Attention's merged heads: the value projection's rows take ``1 / s``.
+
+    The tensor comes (through reshapes) from ``P @ V`` or a fused attention over ``V``, and ``V``
+    (through reshapes, possibly a slice of a split) from a Linear-like layer read by nothing else.
+    That the heads map back to the same channels is checked on the block's outputs.
+    """
+
+    def find(self, flow: Dataflow, tensor: Tensor) -> Fold | None:
+        channels = int(tensor.shape[-1])
+        src = flow.source(_back_through_views(flow, tensor))
+        op = None if src is None else src.op
+        if op is None:
+            return None
+        where = (1,) if MIXES_ROWS in op.categories else None
+        if ATTENTION in op.categories:
+            where = (2,) if any(u.where == (2,) for u in op.inputs) else ("value",)
+        use = next((u for u in op.inputs if u.where == where), None) if where else None
+        if use is None or flow.consumers(use.tensor) != [op] or flow.is_output(use.tensor):
+            return None
+        value = _back_through_views(flow, use.tensor)
+        rows = slice(0, channels)
+        vsrc = flow.source(value)
+        if vsrc is not None and vsrc.op is not None and SPLIT in vsrc.op.categories:
+            split = vsrc.op
+            pos = next((i for i, t in enumerate(split.outputs) if t is value), None)
+            parent = split.inputs[0].tensor if split.inputs else None
+            if pos is None or parent is None or flow.consumers(parent) != [split]:
+                return None
+            if any(t.shape[:-1] != parent.shape[:-1] for t in split.outputs):
+                return None  # not a split along the last dimension
+            start = sum(int(t.shape[-1]) for t in split.outputs[:pos])
+            rows = slice(start, start + int(value.shape[-1]))
+            value = parent
+        found = _returned_by(flow, value)
+        if found is None or not linear_like(found[1]) or rows.stop - rows.start != channels:
+            return None
+        name, module = found
+        if rows.stop > layer_kind(module).geometry(module).out_features:  # type: ignore[union-attr]
+            return None
+
+        def apply(inv: Tensor) -> None:
+            factor = torch.ones(layer_kind(module).geometry(module).out_features)  # type: ignore[union-attr]
+            factor[rows] = inv.detach().float().cpu()
+            _scale_rows(module, factor)
+
+        return Fold("value", name, module, apply)
+
+
 #: name -> :class:`Absorber`; tried in registration order.
 ABSORBERS: Registry[Absorber] = Registry("scale absorber")
 ABSORBERS.add("norm", NormAbsorber())
 ABSORBERS.add("linear", LinearAbsorber())
 ABSORBERS.add("product", ProductAbsorber())
+ABSORBERS.add("value", ValueAbsorber())
 
 
 def _through_relu(flow: Dataflow, tensor: Tensor) -> Tensor:
@@ -398,4 +472,9 @@ def scale_inputs(
 
 
 def _weights(module: nn.Module) -> list[Tensor]:
-    return [stored_weight(module, n) for n, _ in module.named_parameters(recurse=False)]
+    """The module's weight and bias as stored (a masked weight's original)."""
+    return [
+        stored_weight(module, n)
+        for n in ("weight", "bias")
+        if isinstance(getattr(module, n, None), Tensor)
+    ]
