@@ -34,11 +34,7 @@ MAX_LINES = 700
 
 # Violations that the shared-foundations work is removing. A violation not listed here fails; a
 # listed one that no longer occurs fails too (take it off the list). Empty when the house is in order.
-PENDING: set[str] = {
-    "tracers",
-    "recorders",
-    "hooks: torchcompress.quant.calib",
-}
+PENDING: set[str] = set()
 
 
 def _check(kind: str, found: list[str]) -> None:
@@ -249,11 +245,9 @@ def test_one_tracer_and_one_recorder() -> None:
 
 
 def test_tracer_and_recorder_live_in_tracing() -> None:
-    # until quant moves onto torchcompress.tracing (the "tracers"/"recorders" entries above),
-    # quant is the only other place allowed to define one
     outside = []
     for m, path in MODULES.items():
-        if m == f"{PKG}.tracing" or m.startswith(f"{PKG}.tracing.") or _top(m) == "quant":
+        if m == f"{PKG}.tracing" or m.startswith(f"{PKG}.tracing."):
             continue
         for cls, bases in _class_bases(ast.parse(path.read_text())):
             if any(b.split(".")[-1] in ("Tracer", "TorchFunctionMode") for b in bases):

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import torchcompress as tc
+from torchcompress import layers
 from torchcompress.errors import ConfigError, NumericalError
 from torchcompress.quant import IntSpec, QuantConfig, QuantConv1d, QuantConv2d, QuantLinear
 from torchcompress.quant.build import (
@@ -62,7 +63,7 @@ def test_integer_ranges_and_activation_quantizers(caplog: pytest.LogCaptureFixtu
     assert integer_ranges(w4, "weight") == ((-8, 7), (0, 255))  # only 8-bit pairs saturate
     token = QuantConfig(mode="dynamic", activation=IntSpec(8, granularity="token"))
     with caplog.at_level("WARNING"):
-        fq = make_activation_quant(token, "conv", kind="conv2d")
+        fq = make_activation_quant(token, "conv", geometry=layers.geometry(nn.Conv2d(4, 4, 3)))
     assert fq.granularity == "tensor" and "per-token" in caplog.text
     assert make_activation_quant(token, "fc").granularity == "token"
 

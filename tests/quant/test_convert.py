@@ -279,3 +279,36 @@ def test_unfused_residual_structure() -> None:
     assert not c.block.conv2.has_accum
     x = torch.randn(5, 3, 8, 8)
     assert (c(x) - q(x)).abs().max() <= 0.05 * (q(x) - m(x)).abs().max() + 1e-4
+
+
+class Volumetric(nn.Module):
+    """A 3-D convolution (no int8 kernel here) between a Conv2d-free stem and a Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(2, 4, 3, padding=1, groups=2)
+        self.fc = nn.Linear(4 * 4 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_every_registered_kind_quantizes_conv3d_included(tmp_path) -> None:
+    """Conv3d is a layer kind of the shared layer model: quantized, converted (dequantized on the
+    fly, saying why), saved and loaded, profiled from its geometry."""
+    torch.manual_seed(0)
+    m = Volumetric().eval()
+    calib = [torch.randn(2, 2, 4, 4, 4) for _ in range(2)]
+    q, c = _pair(m, tc.QuantConfig(), calib)
+    assert type(q.conv).__name__ == "QuantConv3d" and q.conv.geometry.kernel_size == (3, 3, 3)
+    assert isinstance(c.conv, IntLayer) and isinstance(c.conv.kernel, DequantKernel)
+    assert "3-D convolution" in repr(c.conv)
+    x = torch.randn(3, 2, 4, 4, 4)
+    with torch.no_grad():
+        assert torch.allclose(c(x), q(x), atol=1e-4)
+    tc.save(c, tmp_path / "c.safetensors")
+    loaded = tc.load(tmp_path / "c.safetensors", Volumetric().eval())
+    with torch.no_grad():
+        assert torch.equal(loaded(x), c(x))
+    prof = tc.profile(c, x)
+    assert prof["conv"].macs == 3 * 64 * 4 * (2 // 2 * 27)

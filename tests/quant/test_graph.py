@@ -19,7 +19,7 @@ from torchcompress.quant.graph import (
     prepare_graph,
     strip_identities,
 )
-from torchcompress.quant.tracer import trace_model
+from torchcompress.quant.ops import trace_model
 
 from .test_ptq import TinyResNet, Untraceable, _randomize_bn
 

@@ -132,7 +132,7 @@ def test_repr_moves_and_copies() -> None:
     )[0]
     r = repr(m)
     assert "3, 8, kernel_size=(3, 3)" in r and "float activations" in r and "weight-only" in r
-    assert m.geometry()["padding"] == (0, 0)
+    assert m.geometry.padding == (0, 0)
     _ = m.kernel
     m.to("cpu", torch.float64)  # a move re-packs on next use; scales stay float32
     assert m._kernel is None and m.weight_scale.dtype == torch.float32

@@ -17,17 +17,21 @@ import helpers, helpers never import verbs):
 1. Formats and maths: :mod:`~torchcompress.quant.granularity` (one strategy per way of sharing
    scales), :mod:`~torchcompress.quant.functional` (pure maths: ranges to scales and zero points,
    (fake) quantization, straight-through rounding, bit packing, uint8 activations),
-   :mod:`~torchcompress.quant.kinds` (the layer kinds quantization replaces: the one place that
-   knows Linear from Conv), :mod:`~torchcompress.quant.hardware` (what this CPU's int8 kernels do
-   exactly).
+   :mod:`~torchcompress.quant.geometry` (quantization's helpers on the shared layer model,
+   :mod:`torchcompress.layers`: every registered layer kind is quantized from its ``Geometry``),
+   :mod:`~torchcompress.quant.hardware` (what this CPU's int8 kernels do exactly).
 2. Observers: :mod:`~torchcompress.quant.observers` (registered range estimators, each with a typed
-   spec of its options: :class:`Percentile`, :class:`MSE`, ...).
+   spec of its options: :class:`Percentile`, :class:`MSE`, ...; combined across ranks under
+   ``torch.distributed``).
 3. Specs: :mod:`~torchcompress.quant.spec` (:class:`IntSpec`, :class:`QuantConfig`).
 4. Modules: :mod:`~torchcompress.quant.modules` (:class:`~torchcompress.quant.modules.FakeQuantize`
-   and the fake-quant layers ``QuantLinear`` / ``QuantConv1d`` / ``QuantConv2d``).
+   and the fake-quant layers ``QuantLinear`` / ``QuantConv1d`` / ``QuantConv2d`` / ``QuantConv3d``;
+   leaves of :mod:`torchcompress.tracing`).
 5. Building and calibration: :mod:`~torchcompress.quant.build` (target selection, layer and
-   quantizer building, integer ranges), :mod:`~torchcompress.quant.calib` (the calibration loops),
-   :mod:`~torchcompress.quant.tracer` (the fx tracer, op taxonomy and op recorder).
+   quantizer building, integer ranges), :mod:`~torchcompress.quant.calib` (calibration on the
+   shared engine, :mod:`torchcompress.calibration`: the quantizers' passes over the data, their
+   all-reduce across ranks, the reach check), :mod:`~torchcompress.quant.ops` (how quantization
+   reads a graph traced by :mod:`torchcompress.tracing`: the shared op taxonomy seen from integers).
 6. The integer layer and its kernels: :mod:`~torchcompress.quant.int_layer` (``IntLayer``, the kernel
    registry and the exact dequantizing fallback), :mod:`~torchcompress.quant.kernels` (oneDNN,
    fbgemm, ``torch._int_mm``), :mod:`~torchcompress.quant.siblings` (sibling Linear layers sharing
@@ -53,8 +57,9 @@ Contract for quantization-aware training (``tc.prepare_qat``) and later PTQ meth
 SmoothQuant), which build on these modules:
 
 1. A quantized layer is a :class:`~torchcompress.quant.modules.QuantLayer` (``QuantLinear``,
-   ``QuantConv1d``, ``QuantConv2d``): float master ``weight`` / ``bias`` parameters and three
-   quantizer slots, ``weight_quant``, ``input_quant`` and ``output_quant`` (each ``None`` or a
+   ``QuantConv1d``, ``QuantConv2d``, ``QuantConv3d``): a ``geometry``
+   (:class:`~torchcompress.layers.Geometry` of the layer it replaced), float master ``weight`` /
+   ``bias`` parameters (the weight in the canonical layout) and three quantizer slots, ``weight_quant``, ``input_quant`` and ``output_quant`` (each ``None`` or a
    quantizer). Its forward is ``output_quant(op(input_quant(x), weight_quant(weight)))``, so a
    subclass may override ``weight_to_quantize()`` (e.g. to fold BatchNorm into the weight during
    training) and ``finalized()`` (the plain layer conversion starts from) without touching
@@ -93,7 +98,7 @@ from .gptq import GPTQConfig, gptq
 from .graph import QuantGraph
 from .kernels import KERNELS
 from .kmeans import KMeansLayer, kmeans_quantize
-from .modules import FakeQuantize, QuantConv1d, QuantConv2d, QuantLayer, QuantLinear
+from .modules import FakeQuantize, QuantConv1d, QuantConv2d, QuantConv3d, QuantLayer, QuantLinear
 from .observers import (
     KL,
     MSE,
@@ -157,6 +162,7 @@ __all__ = [
     "QuantConfig",
     "QuantConv1d",
     "QuantConv2d",
+    "QuantConv3d",
     "QuantConvBn1d",
     "QuantConvBn2d",
     "QuantGraph",

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, NumericalError, UnsupportedModuleError
+from ..layers import LAYER_KINDS, Geometry, canonical_weight, layer_kind, supported_types
 from ..select import read_by_parent, select_modules, set_module
 from . import functional as QF
-from . import kinds
-from .kinds import quantizable_types
+from .geometry import describe, geometry_of
 from .modules import FakeQuantize, QuantizedModule, QuantLayer, quant_layer_class
 from .spec import IntSpec, QuantConfig
 
@@ -31,9 +31,21 @@ __all__ = [
     "make_activation_quant",
     "quantizable_types",
     "select_quant_targets",
+    "token_inputs",
 ]
 
 log = logging.getLogger(__name__)
+
+
+def quantizable_types(model: nn.Module | None = None) -> tuple[type[nn.Module], ...]:
+    """The layer types the quantization verbs handle: those of every registered layer kind
+    (:func:`torchcompress.layers.supported_types`; with ``model``, every class of it one accepts)."""
+    return supported_types(model)
+
+
+def token_inputs(geometry: Geometry) -> bool:
+    """Whether the layer maps the last dimension of its input (per-token activation scales apply)."""
+    return not geometry.kernel_size
 
 
 def _not_read_by_parent(
@@ -63,14 +75,15 @@ def select_quant_targets(
 ) -> list[tuple[str, nn.Module]]:
     """The layers a quantization verb (``quantize``, ``prepare_qat``, ``kmeans_quantize``) replaces.
 
-    Linear, Conv1d, Conv2d and HF Conv1D picked by ``include``/``exclude``, leaving out layers
-    that are already quantized and children whose parent reads their weights directly.
+    Layers of every registered layer kind (Linear, convolutions, HF Conv1D, kinds registered from
+    outside) picked by ``include``/``exclude``, leaving out layers that are already quantized and
+    children whose parent reads their weights directly.
     """
     return select_modules(
         model,
         include,
         exclude,
-        types=quantizable_types(),
+        types=quantizable_types(model),
         predicate=_not_read_by_parent(model, include, family),
         skip_types=(QuantizedModule,),
         family=family,
@@ -114,30 +127,36 @@ def build_quant_layer(
     reduce: str = "none",
     with_input_quant: bool = True,
 ) -> QuantLayer:
-    """The fake-quant replacement of ``old`` (Linear, Conv1d, Conv2d or HF Conv1D) for ``config``.
+    """The fake-quant replacement of ``old`` (a layer of any registered kind) for ``config``.
 
-    The original parameters are taken over (HF ``Conv1D``'s weight transposed). Weight ranges are
-    computed here (the weight is observed once); activation quantizers are left observing, to be
-    calibrated (static), or are dynamic.
+    The original parameters are taken over (a weight stored in another layout, such as HF
+    ``Conv1D``'s ``(in, out)``, is copied in the canonical layout). Weight ranges are computed here
+    (the weight is observed once); activation quantizers are left observing, to be calibrated
+    (static), or are dynamic.
 
     Raises:
-        ConfigError: the group size does not divide the layer's input dimension.
+        ConfigError: ``old`` is not a layer of a registered kind, or the group size does not
+            divide the layer's input dimension.
         NumericalError: the weight holds NaN or Inf.
     """
-    kind = kinds.kind_of(old)
-    if kind is None:
-        raise ConfigError(f"{name!r}: cannot quantize a {type(old).__name__}.")
+    if layer_kind(old) is None:
+        raise ConfigError(
+            f"{name!r}: cannot quantize a {type(old).__name__} (not a layer of a registered kind: "
+            f"{', '.join(repr(n) for n in LAYER_KINDS.names())})."
+        )
+    geo = geometry_of(old, name)
     # "meta": no throw-away allocation; the original parameters are taken over
-    layer = quant_layer_class(kind.runs_as)(
-        **kind.geometry(old), bias=old.bias is not None, device="meta"
-    )
-    layer.source = kind.source
-    layer.weight = kind.canonical_weight(old)
-    layer.bias = old.bias
+    layer = quant_layer_class(geo).from_geometry(geo, device="meta", source=type(old).__name__)
+    w = old.weight
+    canonical = canonical_weight(old, name=name)
+    if canonical is w and isinstance(w, nn.Parameter):
+        layer.weight = w  # stored canonically: the same parameter
+    else:  # another layout (HF Conv1D), or an effective weight (a masked layer)
+        layer.weight = nn.Parameter(canonical.detach().contiguous(), requires_grad=w.requires_grad)
+    layer.bias = old.bias if geo.bias else None
     if not bool(torch.isfinite(layer.weight.detach()).all()):
         raise NumericalError(
-            f"The weight of {name!r} ({kinds.describe(old)}) holds NaN or Inf; it cannot be "
-            "quantized."
+            f"The weight of {name!r} ({describe(old)}) holds NaN or Inf; it cannot be quantized."
         )
     wr, ar = integer_ranges(config, reduce)
     rows, cols = layer.weight_shape2d
@@ -146,7 +165,7 @@ def build_quant_layer(
         if ws.group_size is not None and cols % ws.group_size:
             raise ConfigError(
                 f"IntSpec.group_size={ws.group_size} does not divide the input dimension of "
-                f"{name!r} ({kinds.describe(old)}: {cols} inputs per output channel). Pick a "
+                f"{name!r} ({describe(old)}: {cols} inputs per output channel). Pick a "
                 f"divisor of {cols}, or exclude the layer."
             )
         wq = FakeQuantize(
@@ -163,7 +182,7 @@ def build_quant_layer(
         wq.observer.reset()  # type: ignore[union-attr]
         layer.weight_quant = wq
     if config.activation is not None and with_input_quant:
-        layer.input_quant = make_activation_quant(config, name, kind=layer.kind, arange=ar).to(
+        layer.input_quant = make_activation_quant(config, name, geometry=geo, arange=ar).to(
             layer.weight.device
         )
     return layer
@@ -173,21 +192,22 @@ def make_activation_quant(
     config: QuantConfig,
     name: str,
     *,
-    kind: str = "linear",
+    geometry: Geometry | None = None,
     arange: tuple[int, int] | None = None,
     spec: IntSpec | None = None,
 ) -> FakeQuantize:
     """An activation quantizer for ``config`` (observing if static, dynamic otherwise), for the
-    input of a layer of ``kind``."""
+    input of a layer of ``geometry`` (``None``: a map over the last dimension, as a Linear)."""
     a = spec or config.activation
     if a is None:
         raise ConfigError(f"{name!r}: the config quantizes no activation.")
-    if a.granularity == "token" and not kinds.runs_as(kind).token_inputs:
+    if a.granularity == "token" and geometry is not None and not token_inputs(geometry):
         log.warning(
-            "%s is a %s: per-token activation scales apply to Linear inputs; "
-            "using one dynamic scale per tensor for it.",
+            "%s is a %s layer with a %d-D kernel: per-token activation scales apply to maps over "
+            "the last dimension (Linear inputs); using one dynamic scale per tensor for it.",
             name,
-            kind,
+            geometry.kind,
+            geometry.spatial_dims,
         )
         a = a.replace(granularity="tensor")
     lo, hi = arange if arange is not None else (a.qmin, a.qmax)

@@ -1,128 +1,70 @@
-"""Quantization's calibration loops, in one place.
+"""Calibration of quantizers, on the shared calibration engine (:mod:`torchcompress.calibration`).
 
-- :func:`run_batches`: the one data loop (eval mode, no gradients, modes restored, progress bar);
-  fake-quantizers observe inside their own forward, so :func:`calibrate` is this loop plus setting
-  their ranges.
-- :func:`input_hooks`: the only forward hooks quantization registers (on the inputs of named
-  layers), used by :func:`check_reaches` (every target gets a finite input),
-  :func:`input_sq_means` (``E[x^2]`` per input feature, k-means' importance) and the ReLU-origin
-  analysis of quantization-aware training in layer mode.
+- :func:`calibrate`: fake-quantizers observe inside their own forward, so calibrating is the
+  engine's data loop (:func:`torchcompress.calibration.run_batches`) with them observing, then
+  setting their ranges. Observers whose statistics are a histogram (``"percentile"``, ``"mse"``,
+  ``"kl"``) take two passes over the data: the first fixes each quantizer's range, the second
+  counts the histogram over that fixed range. The counts are integers, so the histogram, and the
+  scales, are the same whatever the order of the batches or their split across ranks.
+- Under ``torch.distributed`` every observer's statistics are combined across ranks before the
+  ranges are set (see :meth:`~torchcompress.quant.observers.Observer.all_reduce`): ``"minmax"``
+  and the histogram observers give exactly the scales of one process on all the data (bit for
+  bit, given the same activations); ``"sawb"``'s sums agree to float rounding; ``"moving_minmax"``
+  depends on the order of the batches, so the ranks' moving averages are averaged (an
+  approximation, with a warning; quantization-aware training quantizers that synchronise every
+  batch's min and max stay identical on every rank).
+- :func:`check_reaches`: the data reaches every targeted layer with finite inputs (the engine's
+  :func:`~torchcompress.calibration.collect` of the inputs' minima and maxima).
 
-The shared calibration engine (:mod:`torchcompress.calibration`: its data loop and its statistics
-registry) replaces this module function for function.
+Calibration data that can be read only once (a generator) gets one pass: histogram observers then
+re-bin a streaming histogram as the range grows (the result depends on the order of the batches),
+and under ``torch.distributed`` that is an error.
+
+Example:
+    >>> import torch, torchcompress as tc
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    >>> calib = [torch.randn(8, 4) for _ in range(2)]
+    >>> q = tc.quantize(model, tc.QuantConfig(observer=tc.quant.Percentile(99.0)), calib)
+    >>> q.quant_graph.quantizers["input__0"].calibrated
+    True
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+import logging
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from ..batches import Batch, count_batches, iter_batches, run_model
-from ..errors import CalibrationError, DataError, NumericalError
-from ..progress import progress_bar
-from ..select import module_device_dtype
+from ..batches import Batch, iter_batches
+from ..calibration import collect, is_distributed, run_batches
+from ..errors import CalibrationError, DataError
 from .modules import FakeQuantize
 
-__all__ = [
-    "calibrate",
-    "check_reaches",
-    "example_batch",
-    "input_hooks",
-    "input_sq_means",
-    "run_batches",
-]
+__all__ = ["calibrate", "check_reaches", "example_batch", "rereadable"]
+
+log = logging.getLogger(__name__)
 
 
-@contextlib.contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no gradients inside; every module's train/eval flag restored after."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
+def rereadable(data: Any) -> bool:
+    """Whether ``data`` can be iterated again (a list, a tensor, a DataLoader; not a generator)."""
+    if data is None:
+        return False
     try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m, t in modes.items():
-            m.training = t
+        return iter(data) is not data
+    except TypeError:
+        return isinstance(data, Tensor | dict)
 
 
 def example_batch(data: Any) -> Batch | None:
     """The first batch of ``data`` when it can be read again (never consumes a one-shot
     iterator), for analyses that follow one forward; ``None`` otherwise."""
-    if data is None:
-        return None
-    try:
-        reiterable = iter(data) is not data
-    except TypeError:
-        reiterable = isinstance(data, Tensor | dict)
-    if not reiterable:
+    if not rereadable(data):
         return None
     try:
         return next(iter(iter_batches(data, max_batches=1, what="calib_data")))
     except (DataError, StopIteration, TypeError):
         return None
-
-
-def run_batches(
-    model: nn.Module,
-    data: Any,
-    *,
-    max_batches: int | None = None,
-    progress: bool | None = None,
-    desc: str = "calibrating",
-    around: Callable[[Batch], contextlib.AbstractContextManager[Any]] | None = None,
-) -> int:
-    """Run ``data`` through ``model`` in eval mode without gradients (modes restored after).
-
-    Args:
-        model: the model.
-        data: any iterable of batches (see :func:`torchcompress.batches.iter_batches`).
-        max_batches: run at most this many batches.
-        progress: show a progress bar (default: when interactive).
-        desc: the progress bar's label.
-        around: a context to run each batch in, made from the batch.
-
-    Returns:
-        The number of batches run.
-
-    Raises:
-        DataError: ``data`` is empty or a batch does not fit the model.
-    """
-    device, _ = module_device_dtype(model)
-    total = count_batches(data)
-    if max_batches is not None and total is not None:
-        total = min(total, max_batches)
-    n = 0
-    with _evaluating(model):
-        batches = iter_batches(data, max_batches=max_batches, device=device, what="calib_data")
-        for i, batch in enumerate(progress_bar(batches, desc=desc, total=total, enabled=progress)):
-            with around(batch) if around is not None else contextlib.nullcontext():
-                run_model(model, batch, index=i, what="calib_data")
-            n += 1
-    return n
-
-
-@contextlib.contextmanager
-def input_hooks(
-    model: nn.Module, names: list[str], fn: Callable[[str, Any], None]
-) -> Iterator[None]:
-    """Call ``fn(name, first_input)`` before each forward of the named layers (hooks removed after)."""
-    handles = []
-    try:
-        for name in names:
-
-            def hook(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
-                fn(name, args[0] if args else None)
-
-            handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def _unreached(missing: list[str]) -> CalibrationError:
@@ -145,18 +87,67 @@ def calibrate(
 ) -> int:
     """Run ``calib_data`` through ``model`` with ``quantizers`` observing, then set their ranges.
 
+    Args:
+        model: the model holding the quantizers.
+        calib_data: any iterable of batches.
+        quantizers: layer name -> its activation quantizers.
+        max_batches: use at most this many batches (in each pass).
+        progress: show a progress bar.
+
     Returns:
-        The number of batches run.
+        The number of batches run (in the last pass, on this rank).
 
     Raises:
         DataError: ``calib_data`` is empty or a batch does not fit the model.
-        CalibrationError: some targeted layers never received an input.
+        CalibrationError: some targeted layers never received an input (on any rank), or a
+            histogram observer under ``torch.distributed`` with data that can be read only once.
         NumericalError: NaN or Inf in an observed activation.
     """
-    for fqs in quantizers.values():
-        for fq in fqs:
-            fq.observing, fq.enabled = True, False
-    n = run_batches(model, calib_data, max_batches=max_batches, progress=progress)
+    # one fixed order, the same on every rank (the all-reduces must match)
+    order = [fq for name in sorted(quantizers) for fq in quantizers[name]]
+    observed = [fq for fq in order if fq.observer is not None]
+    ranged = [fq for fq in observed if fq.observer.needs_range_pass]  # type: ignore[union-attr]
+    if ranged and not rereadable(calib_data):
+        if is_distributed():
+            raise CalibrationError(
+                f"The {ranged[0].observer_name!r} observer calibrates in two passes under "
+                "torch.distributed (a fixed range, then a histogram), but calib_data can be read "
+                "only once (a generator). Pass a list of batches or a DataLoader."
+            )
+        log.info("calib_data can be read only once: histograms are re-binned as ranges grow.")
+        ranged = []
+    approximate = sorted(
+        {fq.observer_name for fq in observed if fq.observer.across_ranks == "approximate"}  # type: ignore[union-attr]
+    )
+    if approximate and is_distributed():
+        log.warning(
+            "observer(s) %s depend on the order of the batches: their statistics are combined "
+            "across ranks approximately ('minmax' or a histogram observer gives exactly the ranges "
+            "of one process on all the data).",
+            ", ".join(repr(a) for a in approximate),
+        )
+    for fq in order:
+        fq.observing, fq.enabled = False, False
+    if ranged:
+        for fq in ranged:
+            fq.begin_range_pass()
+            fq.observing = True
+        run_batches(
+            model,
+            calib_data,
+            max_batches=max_batches,
+            progress=progress,
+            desc="calibrating ranges",
+        )
+        for fq in ranged:
+            fq.end_range_pass()
+    for fq in order:
+        fq.observing = True
+    n = run_batches(
+        model, calib_data, max_batches=max_batches, progress=progress, desc="calibrating"
+    )
+    for fq in observed:
+        fq.all_reduce()
     missing = [
         name
         for name, fqs in quantizers.items()
@@ -164,82 +155,34 @@ def calibrate(
     ]
     if missing:
         raise _unreached(missing)
-    for fqs in quantizers.values():
-        for fq in fqs:
-            fq.observing = False
-            if fq.observer is not None:
-                fq.calibrate()
-                fq.observer.reset()
-            fq.enabled = True
+    for fq in order:
+        fq.observing = False
+        if fq.observer is not None:
+            fq.calibrate()
+            fq.observer.reset()
+        fq.enabled = True
     return n
-
-
-def _finite(name: str, x: Tensor) -> None:
-    if not bool(torch.isfinite(x).all()):
-        raise NumericalError(f"NaN or Inf in the input activations of {name!r}.")
 
 
 def check_reaches(
     model: nn.Module, data: Any, names: list[str], max_batches: int | None = None
 ) -> None:
     """Run ``data`` once (at most ``max_batches`` or 8 batches): every named layer must get a
-    finite input.
+    finite input (the layers are float layers of registered kinds).
 
     Raises:
         CalibrationError: a layer the data never reached.
         NumericalError: NaN or Inf in a layer's input.
     """
-    seen: set[str] = set()
-
-    def record(name: str, x: Any) -> None:
-        if isinstance(x, Tensor):
-            _finite(name, x)
-            seen.add(name)
-
-    with input_hooks(model, names, record):
-        run_batches(model, data, max_batches=max_batches or 8, progress=False)
-    missing = [n for n in names if n not in seen]
+    stats = collect(
+        model,
+        data,
+        {n: ["input_min", "input_max"] for n in names},
+        max_batches=max_batches or 8,
+        progress=False,
+        desc="checking calib_data",
+        require_all=False,
+    )
+    missing = [n for n in names if stats[n].calls == 0]
     if missing:
         raise _unreached(missing)
-
-
-def input_sq_means(
-    model: nn.Module,
-    names: list[str],
-    data: Any,
-    *,
-    max_batches: int | None = None,
-    progress: bool | None = None,
-    channels_first: set[str] | None = None,
-) -> dict[str, Tensor]:
-    """``E[x_j^2]`` of each input feature of each named layer (the diagonal of its ``X^T X`` / N).
-
-    Features are the last dimension, or the channels (dimension 1) of the layers named in
-    ``channels_first`` (convolutions).
-
-    Raises:
-        CalibrationError: a layer the data never reached.
-        NumericalError: NaN or Inf in a layer's input.
-    """
-    sums: dict[str, Tensor] = {}
-    counts: dict[str, int] = {}
-
-    def record(name: str, x: Any) -> None:
-        x = x.detach().float()
-        _finite(name, x)
-        if channels_first and name in channels_first:
-            xc = x.transpose(0, 1).reshape(x.shape[1], -1)
-        else:
-            xc = x.reshape(-1, x.shape[-1]).t()
-        s = (xc**2).sum(1)
-        sums[name] = sums[name] + s if name in sums else s
-        counts[name] = counts.get(name, 0) + xc.shape[1]
-
-    with input_hooks(model, names, record):
-        run_batches(
-            model, data, max_batches=max_batches, progress=progress, desc="k-means importance"
-        )
-    missing = [n for n in names if n not in sums]
-    if missing:
-        raise _unreached(missing)
-    return {n: sums[n] / counts[n] for n in names}

@@ -3,10 +3,12 @@
 Each codec writes a JSON description (:func:`torchcompress.save`) from which :func:`torchcompress.load`
 rebuilds the module before its tensors load: a quantizer is described by :func:`fq_spec` (its
 format, integer range, observer and options, and for quantization-aware training its method), a
-layer by its class, its constructor arguments (:meth:`QuantLayer.layer_args`) and its quantizers.
-Files written before observer specs existed (observer options ``percentile``,
-``averaging_constant``, ``bins`` in every quantizer) load as they were saved; an observer or a
-training method that is not registered is an error naming it, never a silent substitute.
+layer by its class, its :class:`~torchcompress.layers.Geometry` (``Geometry.to_dict``) and its
+quantizers. Files written before quantized layers carried a geometry (their constructor arguments:
+sizes, ``kind`` ``"linear"``/``"conv1d"``/``"conv2d"`` and convolution arguments) and before observer
+specs existed (observer options ``percentile``, ``averaging_constant``, ``bins`` in every quantizer)
+load as they were saved; an observer, a training method or a layer kind that is not registered is
+an error naming it, never a silent substitute.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from torch import nn
 
 from .. import io
 from ..errors import CompressionStateError, ConfigError
+from ..layers import LAYER_KINDS, Geometry
 from ..select import module_device_dtype
+from .geometry import legacy_geometry
 from .graph import QuantGraph
 from .int_graph import rebuild
 from .int_layer import IntLayer
 from .kmeans import KMeansLayer
-from .modules import FakeQuantize, QuantConv1d, QuantConv2d, QuantLayer, QuantLinear
+from .modules import FakeQuantize, QuantConv1d, QuantConv2d, QuantConv3d, QuantLayer, QuantLinear
 from .observers import OBSERVERS, observer_spec
 from .qat.methods import QAT_METHODS
 from .siblings import link_siblings
@@ -36,6 +40,7 @@ __all__ = [
     "QuantLayerCodec",
     "fq_from_spec",
     "fq_spec",
+    "geometry_from_spec",
     "layer_from_spec",
     "layer_spec",
 ]
@@ -135,15 +140,34 @@ def fq_from_spec(d: dict[str, Any] | None) -> FakeQuantize | None:
     return fq
 
 
+def geometry_from_spec(d: dict[str, Any], where: str) -> Geometry:
+    """The :class:`~torchcompress.layers.Geometry` a file records (``Geometry.to_dict``).
+
+    Raises:
+        CompressionStateError: its layer kind is not registered (import the module registering
+            it first), or the description is not a geometry.
+    """
+    if d.get("kind") not in LAYER_KINDS:
+        raise CompressionStateError(
+            f"The file's {where} is a layer of kind {d.get('kind')!r}, which is not registered "
+            f"(registered: {', '.join(LAYER_KINDS.names())}). Register it "
+            "(torchcompress.layers.LAYER_KINDS.add) before loading."
+        )
+    try:
+        return Geometry.from_dict(d)
+    except ConfigError as e:
+        raise CompressionStateError(f"The file's {where} cannot be rebuilt: {e}") from e
+
+
 def layer_spec(module: QuantLayer) -> dict[str, Any]:
-    """A JSON description of a fake-quant layer: class, constructor arguments, quantizers."""
+    """A JSON description of a fake-quant layer: class, geometry, quantizers."""
     return {
         "class": type(module).__name__,
         "source": module.source,
         "bias": module.bias is not None,
         "dtype": _dtype_name(module.weight.dtype),
         **{f"{role}_quant": fq_spec(getattr(module, f"{role}_quant")) for role in _ROLES},
-        "geometry": _to_json(module.layer_args()),
+        "geometry": module.geometry.to_dict(),
     }
 
 
@@ -155,12 +179,17 @@ def layer_from_spec(
     """Rebuild a fake-quant layer of one of ``classes`` (by name) from :func:`layer_spec`."""
     device, _ = _device_dtype(current)
     cls = classes[spec["class"]]
-    layer = cls(  # type: ignore[call-arg]
-        **_from_json(spec["geometry"]),
-        bias=spec["bias"],
-        device=device,
-        dtype=_dtype(spec["dtype"]),
-    )
+    args = spec["geometry"]
+    if "kind" in args:
+        geo = geometry_from_spec(args, f"layer of class {spec['class']!r}")
+        layer = cls.from_geometry(geo, device=device, dtype=_dtype(spec["dtype"]))
+    else:  # written before layers carried a geometry: the constructor arguments
+        layer = cls(  # type: ignore[call-arg]
+            **_from_json(args),
+            bias=spec["bias"],
+            device=device,
+            dtype=_dtype(spec["dtype"]),
+        )
     layer.source = spec["source"]
     for role in _ROLES:
         fq = fq_from_spec(spec[f"{role}_quant"])
@@ -173,11 +202,11 @@ def layer_from_spec(
 
 
 class QuantLayerCodec(io.ModuleCodec):
-    """Fake-quant layers (QuantLinear, QuantConv1d, QuantConv2d)."""
+    """Fake-quant layers (QuantLinear, QuantConv1d, QuantConv2d, QuantConv3d)."""
 
     name = "torchcompress.quant.layer"
     classes: ClassVar[dict[str, type[QuantLayer]]] = {
-        c.__name__: c for c in (QuantLinear, QuantConv1d, QuantConv2d)
+        c.__name__: c for c in (QuantLinear, QuantConv1d, QuantConv2d, QuantConv3d)
     }
 
     def matches(self, module: nn.Module) -> bool:
@@ -190,12 +219,9 @@ class QuantLayerCodec(io.ModuleCodec):
         return layer_from_spec(spec, current, self.classes)
 
 
-#: the constructor arguments of :class:`IntLayer` recorded by :class:`IntLayerCodec`
+#: the constructor arguments of :class:`IntLayer` recorded by :class:`IntLayerCodec` (besides its
+#: geometry)
 _INT_LAYER_ARGS = (
-    "kind",
-    "in_features",
-    "out_channels",
-    "weight_shape",
     "wfmt",
     "act",
     "out",
@@ -204,13 +230,19 @@ _INT_LAYER_ARGS = (
     "dequant_output",
     "graph_mode",
     "fuse_siblings",
-    "stride",
-    "padding",
-    "dilation",
-    "groups",
-    "padding_mode",
     "source",
 )
+
+#: the convolution arguments files written before layers carried a geometry record
+_LEGACY_CONV_ARGS = ("stride", "padding", "dilation", "groups", "padding_mode")
+
+
+def _geometry_of_spec(spec: dict[str, Any], what: str) -> Geometry:
+    """The geometry of an integer or codebook layer's description (of either format)."""
+    if isinstance(spec.get("geometry"), dict):
+        return geometry_from_spec(spec["geometry"], what)
+    conv = {k: _from_json({k: spec[k]})[k] for k in _LEGACY_CONV_ARGS if k in spec}
+    return legacy_geometry(spec["weight_shape"], bias=bool(spec["bias"]), **conv)
 
 
 class IntLayerCodec(io.ModuleCodec):
@@ -224,15 +256,16 @@ class IntLayerCodec(io.ModuleCodec):
     def encode(self, module: nn.Module) -> dict[str, Any]:
         m = cast(IntLayer, module)
         out = _to_json({k: getattr(m, k) for k in _INT_LAYER_ARGS})
+        out["geometry"] = m.geometry.to_dict()
         out["bias"] = m.bias is not None
         out["bias_dtype"] = _dtype_name(m.bias.dtype if m.bias is not None else torch.float32)
         return out
 
     def decode(self, spec: dict[str, Any], current: nn.Module | None) -> nn.Module:
         device, _ = _device_dtype(current)
-        kw = _from_json(spec)
-        kw["bias_dtype"] = _dtype(kw["bias_dtype"])
-        return IntLayer(kw.pop("kind"), device=device, **kw)
+        geo = _geometry_of_spec(spec, "integer layer")
+        kw = {k: spec[k] for k in _INT_LAYER_ARGS if k in spec}
+        return IntLayer(geo, bias_dtype=_dtype(spec["bias_dtype"]), device=device, **kw)
 
     def after_load(self, module: nn.Module) -> None:
         m = cast(IntLayer, module)
@@ -242,20 +275,6 @@ class IntLayerCodec(io.ModuleCodec):
     def after_load_model(self, model: nn.Module, name: str) -> None:
         self.after_load(model.get_submodule(name))
         link_siblings(model.get_submodule(name.rpartition(".")[0]))
-
-
-#: the constructor arguments of :class:`KMeansLayer` recorded by :class:`KMeansCodec`
-_KMEANS_ARGS = (
-    "kind",
-    "weight_shape",
-    "bits",
-    "stride",
-    "padding",
-    "dilation",
-    "groups",
-    "padding_mode",
-    "source",
-)
 
 
 class KMeansCodec(io.ModuleCodec):
@@ -268,17 +287,23 @@ class KMeansCodec(io.ModuleCodec):
 
     def encode(self, module: nn.Module) -> dict[str, Any]:
         m = cast(KMeansLayer, module)
-        out = _to_json({k: getattr(m, k) for k in _KMEANS_ARGS})
-        out["bias"] = m.bias is not None
-        out["dtype"] = _dtype_name(m.bias.dtype if m.bias is not None else torch.float32)
-        return out
+        return {
+            "geometry": m.geometry.to_dict(),
+            "bits": m.bits,
+            "source": m.source,
+            "bias": m.bias is not None,
+            "dtype": _dtype_name(m.bias.dtype if m.bias is not None else torch.float32),
+        }
 
     def decode(self, spec: dict[str, Any], current: nn.Module | None) -> nn.Module:
         device, _ = _device_dtype(current)
-        kw = _from_json(spec)
-        kw["dtype"] = _dtype(kw["dtype"])
+        geo = _geometry_of_spec(spec, "codebook layer")
         return KMeansLayer(
-            kw.pop("kind"), kw.pop("weight_shape"), kw.pop("bits"), device=device, **kw
+            geo,
+            spec["bits"],
+            source=spec.get("source", ""),
+            dtype=_dtype(spec["dtype"]),
+            device=device,
         )
 
 

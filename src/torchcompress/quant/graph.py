@@ -9,8 +9,9 @@ instead plans quantization on the whole graph, the way the integer model will ru
   (convolutions: oneDNN adds the other operand, itself integer, inside the kernel) and by a ReLU /
   ReLU6; the group's output is quantized once, after the activation, where the integer kernel
   re-quantizes it (:class:`FakeQuantize` nodes are inserted in the graph there).
-- Ops that are exact on integers (ReLU, max-pooling, padding with zeros, reshapes, slicing,
-  nearest upsampling, dropout in eval, identities) pass integer tensors through.
+- Ops that are exact on integers and have a uint8 kernel (ReLU, 2-D/3-D max-pooling, padding with
+  zeros, reshapes, slicing, nearest upsampling, dropout in eval, identities; see
+  :func:`~torchcompress.quant.ops.pass_kind`) pass integer tensors through.
 - Any other op dequantizes its inputs and runs in float; a quantized layer whose input is float
   gets an input quantizer.
 
@@ -34,11 +35,12 @@ import torch.fx as fx
 from torch import nn
 
 from ..errors import CompressionStateError
-from . import kinds
+from ..layers import Geometry
 from .build import integer_ranges, make_activation_quant
+from .kernels import KERNELS
 from .modules import FakeQuantize, QuantizedModule
+from .ops import act_kind, is_add, module_of, non_tensor, pass_kind, trace_model
 from .spec import QuantConfig
-from .tracer import act_kind, is_add, module_of, non_tensor, pass_kind, trace_model
 
 __all__ = [
     "GRAPH_ATTR",
@@ -48,6 +50,7 @@ __all__ = [
     "QuantGraph",
     "container_of",
     "find_groups",
+    "fuses_residual",
     "insert_points",
     "plan_points",
     "prepare_graph",
@@ -58,6 +61,13 @@ __all__ = [
 ]
 
 GRAPH_ATTR = "quant_graph"
+
+
+def fuses_residual(geometry: Geometry) -> bool:
+    """Whether a registered integer kernel adds a residual operand inside the kernel for layers of
+    ``geometry`` (:meth:`~torchcompress.quant.int_layer.Kernel.fuses_residual`): graph mode then
+    plans the add after such a layer as part of it."""
+    return any(KERNELS.get(name).fuses_residual(geometry) for name in KERNELS)
 
 
 def _is_qop(node: fx.Node, targets: set[str]) -> bool:
@@ -98,7 +108,7 @@ def find_groups(
             continue
         g = Group(node)
         layer = modules.get(str(node.target))
-        fuses = isinstance(layer, QuantizedModule) and kinds.runs_as(layer.kind).fuses_residual
+        fuses = isinstance(layer, QuantizedModule) and fuses_residual(layer.geometry)
         users = list(node.users)
         if fuse_residual and fuses and len(users) == 1 and is_add(users[0]):
             add = users[0]
@@ -183,7 +193,7 @@ class GraphPlan:
         out: dict[str, list[FakeQuantize]] = {}
         for p in points:
             layer = model.get_submodule(p.layer)
-            fq = make_activation_quant(config, p.layer, kind=layer.kind, arange=arange)
+            fq = make_activation_quant(config, p.layer, geometry=layer.geometry, arange=arange)
             fq.to(layer.weight.device)
             container.quantizers[p.name] = fq
             out.setdefault(p.layer, []).append(fq)

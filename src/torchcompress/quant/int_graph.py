@@ -31,7 +31,7 @@ from .graph import (
 )
 from .int_layer import IntLayer
 from .modules import FakeQuantize, QuantLayer
-from .tracer import is_eval_identity, is_inplace, module_of, non_tensor, pass_kind, trace_model
+from .ops import is_eval_identity, is_inplace, module_of, non_tensor, pass_kind, trace_model
 
 __all__ = ["build_integer_graph", "pad_u8", "rebuild", "relu_u8", "requantize_u8"]
 

@@ -12,16 +12,19 @@ converted model always computes what the fake-quant model promised, fast or not.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import dataclasses
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import CompressionStateError
+from ..layers import Geometry
+from ..layers import forward as layer_forward
 from ..registry import Registry
 from . import functional as QF
-from . import kinds
+from .geometry import geometry_repr, symmetric_padding
 from .modules import FakeQuantize, QuantizedModule, QuantLayer, _keep_float32
 
 __all__ = ["KERNELS", "DequantKernel", "IntLayer", "Kernel", "select_kernel"]
@@ -31,19 +34,29 @@ KERNELS: Registry[type[Kernel]] = Registry("kernel")
 
 
 class Kernel:
-    """Base class of integer kernels. Subclasses set ``name`` and ``note`` and implement both methods.
+    """Base class of integer kernels. Subclasses set ``name`` and ``note`` and implement
+    :meth:`supports` and :meth:`__call__`; :meth:`accepts` says which layer geometries they run.
 
     Attributes:
         name: the registered name.
         note: what the layer's ``repr`` and the profiler say runs it.
-        kinds: the layer kinds (``IntLayer.kind``) the kernel runs.
-        kinds_note: why it does not run the other kinds.
     """
 
     name = "kernel"
     note = ""
-    kinds: ClassVar[tuple[str, ...]] = ("linear", "conv1d", "conv2d")
-    kinds_note = ""
+
+    @classmethod
+    def accepts(cls, geometry: Geometry) -> str | None:
+        """``None`` if the kernel runs layers of ``geometry`` (any registered layer kind), else
+        why not (default: every geometry)."""
+        return None
+
+    @classmethod
+    def fuses_residual(cls, geometry: Geometry) -> bool:
+        """Whether the kernel adds a residual operand (and the activation after it) inside the
+        integer kernel for layers of ``geometry``, before re-quantizing the output. Graph-mode
+        quantization plans such an add as part of the layer (default: no)."""
+        return False
 
     @classmethod
     def supports(cls, m: IntLayer, device: torch.device) -> str | None:
@@ -58,10 +71,9 @@ class Kernel:
 
     @classmethod
     def kind_reason(cls, m: IntLayer) -> str | None:
-        """``None`` if the kernel runs layers of ``m``'s kind, else :attr:`kinds_note`."""
-        return (
-            None if m.kind in cls.kinds else cls.kinds_note or f"no {cls.name} kernel for {m.kind}"
-        )
+        """``None`` if the kernel runs a layer of ``m``'s kind and shape (:meth:`accepts` on its
+        geometry), else why not."""
+        return cls.accepts(m.geometry)
 
 
 def _act_format(fq: FakeQuantize) -> dict[str, Any]:
@@ -76,7 +88,8 @@ def _act_format(fq: FakeQuantize) -> dict[str, Any]:
 
 
 class IntLayer(QuantizedModule):
-    """A converted Linear / Conv1d / Conv2d: integer weights, real integer kernels where they exist.
+    """A converted layer (Linear, convolution, any registered layer kind): integer weights, real
+    integer kernels where they exist.
 
     State (all plain tensors, so :func:`torchcompress.save` stores exactly this): ``qweight``
     (integers offset by ``-qmin``: one byte each for 5 to 8 bits, packed two per byte for 3-4 bits
@@ -88,8 +101,12 @@ class IntLayer(QuantizedModule):
     the weights are pre-packed for it; ``repr`` says which kernel runs and, for the dequantizing
     fallback, why no integer kernel applies.
 
+    Args:
+        geometry: the dense map (:class:`~torchcompress.layers.Geometry`; its ``bias`` says whether
+            the layer has a bias).
+
     Attributes:
-        kind: ``"linear"``, ``"conv1d"`` or ``"conv2d"`` (see :mod:`~torchcompress.quant.kinds`).
+        geometry: the layer's geometry (the weights are ``geometry.weight_shape``, canonical).
         wfmt: the weight format (``bits``, ``qmin``, ``qmax``, ``granularity``, ``group_size``,
             ``symmetric``), or ``None`` for float weights.
         act: the input format (``dynamic``, ``granularity``, ``qmin``, ``qmax``, ``symmetric``,
@@ -100,34 +117,22 @@ class IntLayer(QuantizedModule):
 
     def __init__(
         self,
-        kind: str,
+        geometry: Geometry,
         *,
-        in_features: int,
-        out_channels: int,
-        weight_shape: tuple[int, ...],
         wfmt: dict[str, Any] | None,
         act: dict[str, Any] | None,
         out: dict[str, Any] | None = None,
         accum: dict[str, Any] | None = None,
         unary: str | None = None,
-        bias: bool = True,
         dequant_output: bool = False,
         graph_mode: bool = False,
         fuse_siblings: bool = True,
-        stride: tuple[int, ...] = (),
-        padding: tuple[int, ...] | str = (),
-        dilation: tuple[int, ...] = (),
-        groups: int = 1,
-        padding_mode: str = "zeros",
         source: str = "",
         bias_dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        self.kind = kind
-        self.in_features = int(in_features)
-        self.out_channels = int(out_channels)
-        self.weight_shape = tuple(int(s) for s in weight_shape)
+        self.geometry = geometry
         self.wfmt = wfmt
         self.act = act
         self.out = out
@@ -135,19 +140,10 @@ class IntLayer(QuantizedModule):
         self.dequant_output = dequant_output
         #: the layer is a node of an integer graph (its input quantizer is the graph's)
         self.graph_mode = graph_mode
-        self.stride = tuple(stride)
-        self.padding = padding if isinstance(padding, str) else tuple(padding)
-        self.dilation = tuple(dilation)
-        self.groups = groups
-        self.padding_mode = padding_mode
-        self.source = source or kind
+        self.source = source or geometry.kind
         #: the dtype of float outputs when the input is integer (the model's dtype)
         self.float_dtype = bias_dtype
-        rows = self.out_channels
-        cols = 1
-        for s in self.weight_shape[1:]:
-            cols *= s
-        self.cols = cols
+        rows, cols = geometry.matrix_shape
         numel = rows * cols
         if wfmt is None:
             self.register_buffer(
@@ -171,7 +167,7 @@ class IntLayer(QuantizedModule):
             "weight_zero_point", torch.zeros(zshape, dtype=torch.int32, device=device)
         )
         self.register_buffer(
-            "bias", torch.zeros(rows, dtype=bias_dtype, device=device) if bias else None
+            "bias", torch.zeros(rows, dtype=bias_dtype, device=device) if geometry.bias else None
         )
         if act is not None and not act["dynamic"]:
             self.register_buffer("input_scale", torch.ones(1, device=device))
@@ -198,6 +194,28 @@ class IntLayer(QuantizedModule):
         self._kernel: Kernel | None = None
         self._kernel_reasons: list[str] = []
         self._qp: dict[str, tuple[float, int]] = {}
+
+    # -- sizes, from the geometry --------------------------------------------------------------
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        """The canonical weight shape ``(out, in / groups, *kernel)``."""
+        return self.geometry.weight_shape
+
+    @property
+    def out_channels(self) -> int:
+        """Output features (channels): the rows of the 2-D weight."""
+        return self.geometry.out_features
+
+    @property
+    def cols(self) -> int:
+        """Inputs per output, kernel taps included: the columns of the 2-D weight."""
+        return self.geometry.n
+
+    @property
+    def in_features(self) -> int:
+        """The columns of the 2-D weight (a Linear map's input features)."""
+        return self.geometry.n
 
     # -- construction -----------------------------------------------------------------------
 
@@ -237,10 +255,7 @@ class IntLayer(QuantizedModule):
         if output_fq is not None:
             out = {"qmin": int(output_fq.quant_min), "qmax": int(output_fq.quant_max)}
         new = cls(
-            layer.kind,
-            in_features=cols,
-            out_channels=rows,
-            weight_shape=tuple(w.shape),
+            dataclasses.replace(layer.geometry, bias=layer.bias is not None),
             wfmt=wfmt,
             act=act,
             out=out,
@@ -248,13 +263,11 @@ class IntLayer(QuantizedModule):
             if accum_fq is None
             else {"qmin": int(accum_fq.quant_min), "qmax": int(accum_fq.quant_max)},
             unary=unary,
-            bias=layer.bias is not None,
             dequant_output=out is not None and not graph_mode,
             graph_mode=graph_mode,
             source=layer.source,
             bias_dtype=w.dtype,
             device=w.device,
-            **layer.geometry(),
         )
         with torch.no_grad():
             if wq is None:
@@ -363,13 +376,9 @@ class IntLayer(QuantizedModule):
         """The fused activation (ReLU or ReLU6), if any."""
         return _UNARY[self.unary](y) if self.unary else y
 
-    def geometry(self) -> dict[str, Any]:
-        """The convolution arguments (empty for Linear), for :func:`kinds.forward`."""
-        return kinds.geometry(self)
-
     def int_padding(self) -> tuple[int, ...] | None:
         """Numeric symmetric padding (``'same'`` resolved), or ``None`` if it is asymmetric."""
-        return kinds.conv_padding(self.padding, self.weight_shape[2:], self.dilation)
+        return symmetric_padding(self.geometry)
 
     # -- running ------------------------------------------------------------------------------
 
@@ -436,9 +445,7 @@ class IntLayer(QuantizedModule):
         return sum(t.numel() * t.element_size() for t in self.state_dict().values())
 
     def extra_repr(self) -> str:
-        geo = kinds.geometry_repr(
-            self.in_features, self.out_channels, self.weight_shape, self.geometry()
-        )
+        geo = geometry_repr(self.geometry)
         w = self.wfmt
         wdesc = (
             "float weights"
@@ -503,7 +510,7 @@ class DequantKernel(Kernel):
         xf = m.simulate_input(x)
         w = m.dequantized_weight().to(xf.dtype)
         b = None if m.bias is None else m.bias.to(xf.dtype)
-        y = kinds.forward(m.kind, xf, w, b, m.geometry())
+        y = layer_forward(m.geometry, xf, w, b)
         if accum is not None:
             acs, acz = m.accum_qparams()
             y = y + QF.dequantize_u8(accum, acs, acz).to(y.dtype)

@@ -5,15 +5,17 @@ dequantizing fallback :class:`DequantKernel`) lives with the integer layer in
 :mod:`~torchcompress.quant.int_layer`; this module registers the kernels that ship with PyTorch:
 
 - ``onednn``: ``torch.ops.onednn.qconv2d_pointwise`` / ``qlinear_pointwise`` for static activations
-  (u8 in, u8 or fp32 out, fused ReLU, fused residual add for Conv2d; Conv1d runs as a Conv2d of
-  height one).
+  (u8 in, u8 or fp32 out, fused ReLU, fused residual add for 2-D convolutions; a 1-D convolution
+  runs as a 2-D one of height one).
 - ``fbgemm_dynamic``: ``torch.ops.quantized.linear_dynamic`` for per-tensor dynamic activations.
 - ``token``: an int8 GEMM (fbgemm, or oneDNN) with per-token activation scales applied to its
   fp32 output.
 - ``cuda_int_mm``: ``torch._int_mm`` (int8 tensor cores) for Linear layers on CUDA.
 
-Add one with ``@KERNELS.register("name")`` on a :class:`Kernel` subclass (registration order is
-priority order).
+Each kernel says which layer geometries it runs (:meth:`Kernel.accepts`, a predicate on the layer's
+:class:`~torchcompress.layers.Geometry`: maps over the last dimension, convolutions with a 1-D or
+2-D kernel, ...), whatever layer kind the geometry comes from. Add one with
+``@KERNELS.register("name")`` on a :class:`Kernel` subclass (registration order is priority order).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..layers import Geometry
 from . import functional as QF
+from .geometry import symmetric_padding
 from .granularity import granularity
 from .hardware import int8_pairs_exact
 from .int_layer import KERNELS, DequantKernel, IntLayer, Kernel, select_kernel
@@ -143,20 +147,21 @@ class _OnednnLinear:
 
 
 class _OnednnConv:
-    """oneDNN's int8 Conv2d for an :class:`IntLayer` (a Conv1d runs as a Conv2d of height one),
-    with the residual operand added inside the kernel when the output is integer."""
+    """oneDNN's int8 2-D convolution for an :class:`IntLayer` (a 1-D kernel runs as a 2-D one of
+    height one), with the residual operand added inside the kernel when the output is integer."""
 
     def __init__(self, k: OnednnKernel, m: IntLayer, wq: Tensor, xs: float, xz: int) -> None:
+        g = m.geometry
         pad = list(m.int_padding())  # type: ignore[arg-type]
-        stride, dilation = list(m.stride), list(m.dilation)
-        w = wq.reshape(m.weight_shape)
-        self.unit_height = w.dim() == 3  # Conv1d
+        stride, dilation = list(g.stride), list(g.dilation)
+        w = wq.reshape(g.weight_shape)
+        self.unit_height = g.spatial_dims == 1
         if self.unit_height:
             w = w.unsqueeze(2)
             stride, pad, dilation = [1, *stride], [0, *pad], [1, *dilation]
-        self.conv_args = (stride, pad, dilation, m.groups)
+        self.conv_args = (stride, pad, dilation, g.groups)
         self.packed = torch.ops.onednn.qconv_prepack(
-            w, k.w_scales, xs, xz, stride, pad, dilation, m.groups, None
+            w, k.w_scales, xs, xz, stride, pad, dilation, g.groups, None
         )
 
     def _call(
@@ -236,17 +241,37 @@ class _OnednnConv:
         return y.squeeze(2) if self.unit_height else y
 
 
-#: how oneDNN runs each layer kind
-_ONEDNN_OPS = {"linear": _OnednnLinear, "conv1d": _OnednnConv, "conv2d": _OnednnConv}
+def _linear_map(geometry: Geometry, why: str) -> str | None:
+    """``None`` for a map over the last dimension (no kernel), else ``why`` the kernel does not
+    run it."""
+    return None if not geometry.kernel_size else why
 
 
 @KERNELS.register("onednn")
 class OnednnKernel(Kernel):
-    """Static activations on CPU with oneDNN: u8 input, u8 (re-quantized) or fp32 output."""
+    """Static activations on CPU with oneDNN: u8 input, u8 (re-quantized) or fp32 output.
+
+    Runs maps over the last dimension (``qlinear_pointwise``) and convolutions with a 1-D or 2-D
+    kernel (``qconv2d_pointwise``), adding a residual operand inside the kernel for 2-D ones.
+    """
 
     name = "onednn"
     note = "int8 oneDNN kernel"
-    kinds = tuple(_ONEDNN_OPS)
+
+    @classmethod
+    def accepts(cls, geometry: Geometry) -> str | None:
+        if geometry.spatial_dims > 2:
+            return f"no oneDNN int8 kernel for a {geometry.spatial_dims}-D convolution"
+        if geometry.kernel_size:
+            if geometry.padding_mode != "zeros":
+                return f"padding_mode={geometry.padding_mode!r}"
+            if symmetric_padding(geometry) is None:
+                return "asymmetric 'same' padding"
+        return None
+
+    @classmethod
+    def fuses_residual(cls, geometry: Geometry) -> bool:
+        return geometry.spatial_dims == 2
 
     @classmethod
     def supports(cls, m: IntLayer, device: torch.device) -> str | None:
@@ -261,15 +286,7 @@ class OnednnKernel(Kernel):
             return "activations wider than 8 bits"
         if m.out is not None and int(m.out["qmax"]) - int(m.out["qmin"]) > 255:
             return "outputs wider than 8 bits"
-        r = cls.kind_reason(m) or _weight_reason(m) or _pairs_reason(m, device)
-        if r:
-            return r
-        if m.geometry():  # a convolution
-            if m.padding_mode != "zeros":
-                return f"padding_mode={m.padding_mode!r}"
-            if m.int_padding() is None:
-                return "asymmetric 'same' padding"
-        return None
+        return cls.kind_reason(m) or _weight_reason(m) or _pairs_reason(m, device)
 
     def __init__(self, m: IntLayer) -> None:
         super().__init__(m)
@@ -277,7 +294,8 @@ class OnednnKernel(Kernel):
         self.w_zps = torch.zeros(m.out_channels, dtype=torch.long)
         self.bias = None if m.bias is None else m.bias.float()
         xs, xz = m.in_qparams()
-        self.op = _ONEDNN_OPS[m.kind](self, m, _int8_weight(m), xs, xz)
+        op = _OnednnConv if m.geometry.kernel_size else _OnednnLinear
+        self.op = op(self, m, _int8_weight(m), xs, xz)
 
     def __call__(self, m: IntLayer, x: Tensor, accum: Tensor | None) -> Tensor:
         xs, xz = m.in_qparams()
@@ -324,8 +342,10 @@ class FbgemmDynamicKernel(Kernel):
 
     name = "fbgemm_dynamic"
     note = "int8 fbgemm dynamic kernel"
-    kinds = ("linear",)
-    kinds_note = "dynamic int8 kernels exist for Linear only"
+
+    @classmethod
+    def accepts(cls, geometry: Geometry) -> str | None:
+        return _linear_map(geometry, "dynamic int8 kernels exist for Linear only")
 
     @classmethod
     def supports(cls, m: IntLayer, device: torch.device) -> str | None:
@@ -376,8 +396,10 @@ class TokenKernel(Kernel):
 
     name = "token"
     note = "int8 kernel, per-token scales"
-    kinds = ("linear",)
-    kinds_note = "per-token activations apply to Linear only"
+
+    @classmethod
+    def accepts(cls, geometry: Geometry) -> str | None:
+        return _linear_map(geometry, "per-token activations apply to Linear only")
 
     @classmethod
     def supports(cls, m: IntLayer, device: torch.device) -> str | None:
@@ -447,8 +469,10 @@ class CudaIntMMKernel(Kernel):
 
     name = "cuda_int_mm"
     note = "int8 CUDA kernel (torch._int_mm)"
-    kinds = ("linear",)
-    kinds_note = "no int8 convolution kernel on CUDA"
+
+    @classmethod
+    def accepts(cls, geometry: Geometry) -> str | None:
+        return _linear_map(geometry, "no int8 convolution kernel on CUDA")
 
     @classmethod
     def supports(cls, m: IntLayer, device: torch.device) -> str | None:

@@ -10,6 +10,7 @@ Hessian ``X^T X``), as in SqueezeLLM's sensitivity-weighted k-means (Kim et al. 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,13 +18,15 @@ import torch
 from torch import Tensor, nn
 
 from .. import io
+from ..calibration import collect
 from ..errors import ConfigError, DataError, NumericalError, SelectionError
+from ..layers import Geometry, canonical_weight
+from ..layers import forward as layer_forward
 from ..progress import progress_bar
 from ..select import replace_modules, snapshot_modules
 from . import functional as QF
-from . import kinds
 from .build import select_quant_targets
-from .calib import input_sq_means
+from .geometry import geometry_of
 from .modules import QuantizedModule
 
 __all__ = ["KMeansLayer", "kmeans_1d", "kmeans_quantize"]
@@ -114,39 +117,35 @@ def kmeans_1d(
 
 
 class KMeansLayer(QuantizedModule):
-    """A Linear / Conv1d / Conv2d whose weights are indices into a per-layer codebook.
+    """A layer (Linear, convolution, any registered layer kind) whose weights are indices into a
+    per-layer codebook.
 
     State: ``indices`` (packed, ``bits`` per index), ``codebook`` (``2^bits`` float32 centroids) and
     ``bias``. The weights are looked up from the codebook on the fly at every forward (no integer
     kernel multiplies codebook indices; the saving is in storage).
+
+    Args:
+        geometry: the dense map (:class:`~torchcompress.layers.Geometry`; weights in its canonical
+            layout, a bias if ``geometry.bias``).
+        bits: bits per index.
+        source: the class name of the layer it replaced.
+        dtype: the bias's dtype.
+        device: where the state is allocated.
     """
 
     def __init__(
         self,
-        kind: str,
-        weight_shape: tuple[int, ...],
+        geometry: Geometry,
         bits: int,
         *,
-        bias: bool = True,
-        stride: tuple[int, ...] = (),
-        padding: tuple[int, ...] | str = (),
-        dilation: tuple[int, ...] = (),
-        groups: int = 1,
-        padding_mode: str = "zeros",
         source: str = "",
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        self.kind = kind
-        self.weight_shape = tuple(int(s) for s in weight_shape)
+        self.geometry = geometry
         self.bits = int(bits)
-        self.stride, self.padding, self.dilation = (
-            tuple(stride),
-            padding if isinstance(padding, str) else tuple(padding),
-            tuple(dilation),
-        )
-        self.groups, self.padding_mode, self.source = groups, padding_mode, source or kind
+        self.source = source or geometry.kind
         numel = 1
         for s in self.weight_shape:
             numel *= s
@@ -157,8 +156,16 @@ class KMeansLayer(QuantizedModule):
         )
         self.register_buffer("codebook", torch.zeros(2**self.bits, device=device))
         self.register_buffer(
-            "bias", torch.zeros(self.weight_shape[0], dtype=dtype, device=device) if bias else None
+            "bias",
+            torch.zeros(geometry.out_features, dtype=dtype, device=device)
+            if geometry.bias
+            else None,
         )
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        """The canonical weight shape ``(out, in / groups, *kernel)``."""
+        return self.geometry.weight_shape
 
     @property
     def weight(self) -> Tensor:
@@ -169,7 +176,7 @@ class KMeansLayer(QuantizedModule):
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight.to(x.dtype)
         b = None if self.bias is None else self.bias.to(x.dtype)
-        return kinds.forward(self.kind, x, w, b, kinds.geometry(self))
+        return layer_forward(self.geometry, x, w, b)
 
     def extra_repr(self) -> str:
         return (
@@ -178,14 +185,11 @@ class KMeansLayer(QuantizedModule):
         )
 
 
-def _feature_weights(e: Tensor, w: Tensor, groups: int | None) -> Tensor:
-    """Each weight's importance: ``E[x^2]`` of the input feature (channel) it multiplies."""
-    if groups is None:  # a Linear map: one feature per column
-        return e.reshape(1, -1).expand_as(w)
-    cin = w.shape[1]
-    per = e.reshape(groups, cin)
-    weights = per.repeat_interleave(w.shape[0] // groups, dim=0)
-    return weights.reshape(w.shape[0], cin, *([1] * (w.dim() - 2))).expand_as(w)
+def _feature_weights(e: Tensor, geometry: Geometry) -> Tensor:
+    """Each weight's importance: ``E[x^2]`` of the input channel it multiplies (``e``, one value
+    per input channel), in the canonical weight shape."""
+    per_tap = e.reshape(-1, *([1] * geometry.spatial_dims)).expand(geometry.feature_shape)
+    return geometry.expand_features(per_tap)
 
 
 def kmeans_quantize(
@@ -210,7 +214,8 @@ def kmeans_quantize(
         weighted: ``False`` (plain k-means), ``"activation"`` or ``True`` (weight each value by
             ``E[x^2]`` of its input feature, from ``calib_data``), or ``"magnitude"`` (by ``|w|``).
         calib_data: batches for ``weighted="activation"``.
-        include: glob patterns of layers to quantize (default: every Linear/Conv1d/Conv2d/HF Conv1D).
+        include: glob patterns of layers to quantize (default: every layer of a registered kind:
+            Linear, convolutions, HF Conv1D, ...).
         exclude: glob patterns of layers to keep.
         init: ``"kmeans++"`` or ``"linear"``.
         iters: Lloyd iterations at most.
@@ -245,48 +250,42 @@ def kmeans_quantize(
     if not targets:
         raise SelectionError(f"{type(model).__name__} has no layer for k-means quantization.")
     names = [n for n, _ in targets]
-    layer_kinds = {n: kinds.kind_of(m) for n, m in targets}
-    imp = (
-        input_sq_means(
+    imp = {}
+    if weighted == "activation":
+        stats = collect(
             model,
-            names,
             calib_data,
+            {n: ["channel_sq"] for n in names},
             max_batches=max_batches,
             progress=progress,
-            channels_first={n for n, k in layer_kinds.items() if k.channels_first},  # type: ignore[union-attr]
+            desc="k-means importance",
         )
-        if weighted == "activation"
-        else {}
-    )
+        imp = {n: stats[n]["channel_sq"] for n in names}
 
     def build(old: nn.Module, name: str) -> KMeansLayer:
-        kind = layer_kinds[name]
-        w = kind.canonical_weight(old).detach()  # type: ignore[union-attr]
+        geo = geometry_of(old, name)
+        w = canonical_weight(old, name=name).detach()
         if not bool(torch.isfinite(w).all()):
             raise NumericalError(f"The weight of {name!r} holds NaN or Inf.")
-        geo = kind.geometry(old)  # type: ignore[union-attr]
-        conv = {k: geo[k] for k in kinds.CONV_KEYS if k in geo}
         weights = None
         if weighted == "activation":
-            weights = _feature_weights(imp[name], w, conv.get("groups"))
+            weights = _feature_weights(imp[name], geo)
         elif weighted == "magnitude":
             weights = w.abs()
         cent, lab = kmeans_1d(w, 2**bits, weights=weights, init=init, iters=iters, seed=seed)
+        bias = getattr(old, "bias", None)
         layer = KMeansLayer(
-            kind.runs_as,  # type: ignore[union-attr]
-            tuple(w.shape),
+            dataclasses.replace(geo, bias=isinstance(bias, Tensor)),
             bits,
-            bias=old.bias is not None,
             source=type(old).__name__,
             dtype=w.dtype,
             device=w.device,
-            **conv,
         )
         with torch.no_grad():
             layer.indices.copy_(QF.pack_int(lab, bits, 0))
             layer.codebook.copy_(cent)
-            if old.bias is not None:
-                layer.bias.copy_(old.bias.detach())
+            if layer.bias is not None:
+                layer.bias.copy_(bias.detach())
         return layer
 
     built = {

@@ -6,7 +6,10 @@ straight-through gradients). :class:`QuantLinear`, :class:`QuantConv1d` and :cla
 keep float master weights and fake-quantize their weight, their input and, where the integer model
 re-quantizes it, their output. They compute exactly what :func:`torchcompress.convert` runs with
 integer kernels. Every module quantization puts in place of a dense layer derives from
-:class:`QuantizedModule` and runs its layer through :func:`torchcompress.quant.kinds.forward`.
+:class:`QuantizedModule`: it keeps the :class:`~torchcompress.layers.Geometry` of the layer it replaced
+(``geometry``, any registered layer kind: Linear, convolutions, Hugging Face's ``Conv1D``, a kind
+registered from outside) and runs its layer through :func:`torchcompress.layers.forward`. Quantizers
+and quantized layers are leaves of :mod:`torchcompress.tracing` (never traced into).
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CalibrationError, ConfigError, NumericalError
+from ..layers import Geometry
+from ..layers import forward as layer_forward
+from ..tracing import register_leaf
 from . import functional as QF
-from . import kinds
+from .geometry import geometry_repr
 from .granularity import granularity
 from .observers import Observer, ObserverSpec, observer_spec
 from .spec import IntSpec
@@ -27,6 +33,7 @@ __all__ = [
     "FakeQuantize",
     "QuantConv1d",
     "QuantConv2d",
+    "QuantConv3d",
     "QuantLayer",
     "QuantLinear",
     "QuantizedModule",
@@ -34,14 +41,21 @@ __all__ = [
 ]
 
 
+@register_leaf
 class QuantizedModule(nn.Module):
     """Base of every module quantization puts in place of a dense layer (fake-quant, integer,
-    codebook): the quantization verbs leave these alone, and ``kind`` says what the layer runs as
-    (``"linear"``, ``"conv1d"``, ``"conv2d"``; see :mod:`torchcompress.quant.kinds`)."""
+    codebook): the quantization verbs leave these alone, and ``geometry`` (a
+    :class:`~torchcompress.layers.Geometry`) is the dense map the layer computes."""
 
-    kind: str = ""
+    geometry: Geometry
+
+    @property
+    def kind(self) -> str:
+        """The registered layer kind of the layer it replaced (``geometry.kind``)."""
+        return self.geometry.kind
 
 
+@register_leaf
 class FakeQuantize(nn.Module):
     """Simulated integer quantization of a weight or an activation.
 
@@ -192,6 +206,23 @@ class FakeQuantize(nn.Module):
             self.zero_point.copy_(zp.reshape(self.zero_point.shape).to(self.zero_point))
         self.calibrated = True
 
+    def begin_range_pass(self) -> None:
+        """Calibration's first pass, for observers that need one (histograms): track only the
+        range of the activations (see :meth:`~torchcompress.quant.observers.Observer.begin_range_pass`)."""
+        if self.observer is not None:
+            self.observer.begin_range_pass()
+
+    def end_range_pass(self) -> None:
+        """Fix the range the first pass saw (all-reduced across ranks under ``torch.distributed``)."""
+        if self.observer is not None:
+            self.observer.end_range_pass(self.zero_point.device)
+
+    def all_reduce(self) -> None:
+        """Combine what the quantizer observed on every rank before :meth:`calibrate` (a no-op in
+        one process; every rank calls it, in the same order)."""
+        if self.observer is not None:
+            self.observer.all_reduce(self.zero_point.device)
+
     def learnable_scale(self) -> nn.Parameter:
         """Turn ``scale`` into an ``nn.Parameter`` (for LSQ-style training); the state key is unchanged."""
         if isinstance(self.scale, nn.Parameter):
@@ -264,7 +295,15 @@ def _keep_float32(module: nn.Module, names: tuple[str, ...]) -> None:
 class QuantLayer(QuantizedModule):
     """Base of the fake-quant layers: float master ``weight``/``bias`` plus quantizers.
 
+    Args:
+        geometry: the dense map (``None``: a subclass sets it up).
+        device: where the (uninitialised) weight and the zero bias are allocated.
+        dtype: their dtype.
+        source: the class name of the layer it replaces.
+
     Attributes:
+        geometry: the layer's :class:`~torchcompress.layers.Geometry` (the weight is stored in its
+            canonical layout ``(out, in / groups, *kernel)``).
         weight_quant: quantizer of the weight (``None``: float weight).
         input_quant: quantizer of the input (``None``: float input, or an input already quantized
             upstream in the integer graph).
@@ -275,12 +314,48 @@ class QuantLayer(QuantizedModule):
     weight: nn.Parameter
     bias: nn.Parameter | None
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        geometry: Geometry | None = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        source: str = "",
+    ) -> None:
         super().__init__()
         self.weight_quant: FakeQuantize | None = None
         self.input_quant: FakeQuantize | None = None
         self.output_quant: FakeQuantize | None = None
-        self.source = ""
+        self.source = source
+        if geometry is not None:
+            self.geometry = geometry
+            self.weight = nn.Parameter(
+                torch.empty(geometry.weight_shape, device=device, dtype=dtype)
+            )
+            self.bias = (
+                nn.Parameter(torch.zeros(geometry.out_features, device=device, dtype=dtype))
+                if geometry.bias
+                else None
+            )
+
+    @classmethod
+    def from_geometry(
+        cls,
+        geometry: Geometry,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        source: str = "",
+    ) -> QuantLayer:
+        """A layer of this class for ``geometry`` (uninitialised weight, zero bias if it has one)."""
+        layer = cls.__new__(cls)
+        QuantLayer.__init__(layer, geometry, device=device, dtype=dtype)
+        layer.source = source or layer.default_source()
+        return layer
+
+    def default_source(self) -> str:
+        """The name of the torch layer this class stands for (``"Linear"``, ``"Conv2d"``)."""
+        return "Linear"
 
     @property
     def weight_shape2d(self) -> tuple[int, int]:
@@ -300,22 +375,13 @@ class QuantLayer(QuantizedModule):
             return w
         return self.weight_quant(w.reshape(self.weight_shape2d)).reshape(w.shape)
 
-    def geometry(self) -> dict[str, Any]:
-        """The convolution arguments of the layer (empty for Linear), for :func:`kinds.forward`."""
-        return {}
-
-    def layer_args(self) -> dict[str, Any]:
-        """The constructor arguments of the layer: sizes and convolution arguments (what
-        :func:`torchcompress.save` records to rebuild it)."""
-        return kinds.runs_as(self.kind).geometry(self)
-
     def _op(self, x: Tensor, weight: Tensor) -> Tensor:
         return self._run(x, weight, self.bias)
 
     def _run(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """The layer's map with ``weight`` and ``bias`` (cast to the input's dtype)."""
         b = None if bias is None else bias.to(x.dtype)
-        return kinds.forward(self.kind, x, weight.to(x.dtype), b, self.geometry())
+        return layer_forward(self.geometry, x, weight.to(x.dtype), b)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.input_quant is not None:
@@ -342,9 +408,17 @@ class QuantLayer(QuantizedModule):
                 out[role] = q
         return out
 
+    def extra_repr(self) -> str:
+        s = geometry_repr(self.geometry) + f", bias={self.bias is not None}"
+        return s + (
+            f", {self.geometry.kind}" if self.geometry.kind not in ("linear", "conv") else ""
+        )
+
 
 class QuantLinear(QuantLayer):
-    """Fake-quant ``nn.Linear`` (also used for Hugging Face's ``Conv1D``, with the weight transposed).
+    """Fake-quant ``nn.Linear``, and of any layer kind that is a map over the last dimension
+    (Hugging Face's ``Conv1D``, a kind registered from outside), with the weight in the canonical
+    ``(out, in)`` layout.
 
     Example:
         >>> import torch, torchcompress as tc
@@ -353,8 +427,6 @@ class QuantLinear(QuantLayer):
         >>> type(m[0]).__name__, m[0](torch.randn(2, 8)).shape
         ('QuantLinear', torch.Size([2, 4]))
     """
-
-    kind = "linear"
 
     def __init__(
         self,
@@ -366,16 +438,18 @@ class QuantLinear(QuantLayer):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
-        self.source = source
-        self.weight = nn.Parameter(
-            torch.empty(out_features, in_features, device=device, dtype=dtype)
-        )
-        self.bias = (
-            nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
-        )
+        geo = Geometry("linear", int(in_features), int(out_features), bias=bias)
+        super().__init__(geo, device=device, dtype=dtype, source=source)
+
+    @property
+    def in_features(self) -> int:
+        """Input features."""
+        return self.geometry.in_features
+
+    @property
+    def out_features(self) -> int:
+        """Output features."""
+        return self.geometry.out_features
 
     def extra_repr(self) -> str:
         src = "" if self.source == "Linear" else f", from {self.source}"
@@ -389,10 +463,10 @@ class _QuantConvNd(QuantLayer):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: tuple[int, ...],
-        stride: tuple[int, ...],
-        padding: tuple[int, ...] | str,
-        dilation: tuple[int, ...],
+        kernel_size: tuple[int, ...] | int,
+        stride: tuple[int, ...] | int = 1,
+        padding: tuple[int, ...] | int | str = 0,
+        dilation: tuple[int, ...] | int = 1,
         groups: int = 1,
         bias: bool = True,
         padding_mode: str = "zeros",
@@ -400,27 +474,66 @@ class _QuantConvNd(QuantLayer):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = tuple(kernel_size)
-        self.stride = tuple(stride)
-        self.padding = padding if isinstance(padding, str) else tuple(padding)
-        self.dilation = tuple(dilation)
-        self.groups = groups
-        self.padding_mode = padding_mode
-        self.source = f"Conv{self._nd}d"
-        self.weight = nn.Parameter(
-            torch.empty(
-                out_channels, in_channels // groups, *self.kernel_size, device=device, dtype=dtype
-            )
-        )
-        self.bias = (
-            nn.Parameter(torch.zeros(out_channels, device=device, dtype=dtype)) if bias else None
-        )
+        def nd(v: Any) -> tuple[int, ...]:
+            return tuple(int(i) for i in v) if isinstance(v, list | tuple) else (int(v),) * self._nd
 
-    def geometry(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in kinds.CONV_KEYS}
+        geo = Geometry(
+            "conv",
+            int(in_channels),
+            int(out_channels),
+            kernel_size=nd(kernel_size),
+            stride=nd(stride),
+            padding=padding if isinstance(padding, str) else nd(padding),
+            dilation=nd(dilation),
+            groups=int(groups),
+            padding_mode=padding_mode,
+            bias=bias,
+        )
+        super().__init__(geo, device=device, dtype=dtype, source=f"Conv{self._nd}d")
+
+    def default_source(self) -> str:
+        return f"Conv{self._nd}d"
+
+    # the attributes of torch's convolutions, read from the geometry
+    @property
+    def in_channels(self) -> int:
+        """Input channels."""
+        return self.geometry.in_features
+
+    @property
+    def out_channels(self) -> int:
+        """Output channels."""
+        return self.geometry.out_features
+
+    @property
+    def kernel_size(self) -> tuple[int, ...]:
+        """The kernel size."""
+        return self.geometry.kernel_size
+
+    @property
+    def stride(self) -> tuple[int, ...]:
+        """The stride."""
+        return self.geometry.stride
+
+    @property
+    def padding(self) -> tuple[int, ...] | str:
+        """The padding (numbers, ``"same"`` or ``"valid"``)."""
+        return self.geometry.padding
+
+    @property
+    def dilation(self) -> tuple[int, ...]:
+        """The dilation."""
+        return self.geometry.dilation
+
+    @property
+    def groups(self) -> int:
+        """The groups."""
+        return self.geometry.groups
+
+    @property
+    def padding_mode(self) -> str:
+        """The padding mode."""
+        return self.geometry.padding_mode
 
     def extra_repr(self) -> str:
         s = (
@@ -442,30 +555,38 @@ class QuantConv2d(_QuantConvNd):
     """Fake-quant ``nn.Conv2d`` (weight groups run along the flattened ``in/groups * kh * kw`` axis)."""
 
     _nd = 2
-    kind = "conv2d"
 
 
 class QuantConv1d(_QuantConvNd):
     """Fake-quant ``nn.Conv1d``."""
 
     _nd = 1
-    kind = "conv1d"
 
 
-_LAYER_CLASSES: dict[str, type[QuantLayer]] = {
-    c.kind: c for c in (QuantLinear, QuantConv1d, QuantConv2d)
+class QuantConv3d(_QuantConvNd):
+    """Fake-quant ``nn.Conv3d``."""
+
+    _nd = 3
+
+
+#: the fake-quant class of a convolution, by its number of spatial dimensions
+_CONV_CLASSES: dict[int, type[QuantLayer]] = {
+    c._nd: c for c in (QuantConv1d, QuantConv2d, QuantConv3d)
 }
 
 
-def quant_layer_class(kind: str) -> type[QuantLayer]:
-    """The fake-quant layer class of a layer kind (``"linear"``, ``"conv1d"``, ``"conv2d"``).
+def quant_layer_class(geometry: Geometry) -> type[QuantLayer]:
+    """The fake-quant layer class of a geometry: :class:`QuantLinear` for maps over the last
+    dimension (any kind without a kernel), ``QuantConv1d/2d/3d`` for 1- to 3-D kernels.
 
     Raises:
-        ConfigError: no fake-quant layer for ``kind``.
+        ConfigError: a kernel with more spatial dimensions.
     """
+    if not geometry.kernel_size:
+        return QuantLinear
     try:
-        return _LAYER_CLASSES[kind]
+        return _CONV_CLASSES[geometry.spatial_dims]
     except KeyError:
         raise ConfigError(
-            f"No fake-quant layer for layer kind {kind!r} (known: {', '.join(_LAYER_CLASSES)})."
+            f"No fake-quant layer for a {geometry.spatial_dims}-D kernel ({geometry.kind!r})."
         ) from None

@@ -24,6 +24,7 @@ Requires ``onnx`` (``pip install torchcompress[onnx]``); uses torch's TorchScrip
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import warnings
 from typing import Any
@@ -33,9 +34,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import CompressionStateError, DependencyError
+from ..layers import Geometry
+from ..layers import forward as layer_forward
 from ..select import set_module
 from . import functional as QF
-from . import kinds
+from .geometry import symmetric_padding
 from .graph import container_of
 from .int_layer import IntLayer
 from .modules import QuantLayer
@@ -174,14 +177,11 @@ def _dynamic_formula(x: Tensor, act: dict[str, Any]) -> Tensor:
 class _ExportLayer(nn.Module):
     """A quantized layer written for the ONNX exporter (built from a fake-quant or integer layer)."""
 
-    def __init__(
-        self, kind: str, weight: Tensor, bias: Tensor | None, conv: dict[str, Any]
-    ) -> None:
+    def __init__(self, geometry: Geometry, weight: Tensor, bias: Tensor | None) -> None:
         super().__init__()
-        self.kind = kind
+        self.geometry = geometry
         self.register_buffer("weight", weight.detach().float().clone())
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
-        self.conv = conv
         self.wq: tuple[_Const, _Const, _Const, int | None] | None = None
         self.act: dict[str, Any] | None = None
         self.in_qp: tuple[float, int] | None = None
@@ -197,7 +197,7 @@ class _ExportLayer(nn.Module):
             return
         q = q2d.reshape(self.weight.shape).to(torch.int8)
         if (
-            not self.conv  # a Linear map: ONNX's dynamic MatMulInteger form
+            not self.geometry.kernel_size  # a map over the last dimension: ONNX's MatMulInteger
             and self.act is not None
             and self.act["dynamic"]
             and self.act["granularity"] == "tensor"
@@ -239,7 +239,7 @@ class _ExportLayer(nn.Module):
                 x = _fq_formula(
                     x, torch.tensor(s), torch.tensor(float(z)), int(a["qmin"]), int(a["qmax"])
                 )
-        y = kinds.forward(self.kind, x, w, self.bias, self.conv)
+        y = layer_forward(self.geometry, x, w, self.bias)
         if self.out is not None:
             s, z, qmin, qmax = self.out
             y = _QDQ.apply(y, s, z, qmin, qmax)
@@ -275,16 +275,16 @@ class _KeywordInputs(nn.Module):
         return out
 
 
-def _conv_args(m: QuantLayer | IntLayer, weight_shape: tuple[int, ...]) -> dict[str, Any]:
-    """The layer's convolution arguments with numeric padding (``{}`` for a Linear layer)."""
-    geo = dict(m.geometry())
-    if geo and isinstance(geo["padding"], str):
-        pad = kinds.conv_padding(geo["padding"], weight_shape[2:], geo["dilation"])
+def _export_geometry(m: QuantLayer | IntLayer) -> Geometry:
+    """The layer's geometry with numeric padding (``"same"``/``"valid"`` resolved)."""
+    geo = m.geometry
+    if isinstance(geo.padding, str):
+        pad = symmetric_padding(geo)
         if pad is None:
             raise CompressionStateError(
-                f"padding={geo['padding']!r} cannot be exported; use explicit padding."
+                f"padding={geo.padding!r} cannot be exported; use explicit padding."
             )
-        geo["padding"] = pad
+        geo = dataclasses.replace(geo, padding=pad)
     return geo
 
 
@@ -301,7 +301,7 @@ def _act_dict(fq: Any) -> dict[str, Any]:
 def _twin_of(m: nn.Module) -> nn.Module | None:
     if isinstance(m, QuantLayer):
         w = m.quantized_weight()
-        t = _ExportLayer(m.kind, w, m.bias, _conv_args(m, tuple(w.shape)))
+        t = _ExportLayer(_export_geometry(m), w, m.bias)
         if m.input_quant is not None:
             t.act = _act_dict(m.input_quant)
             if not m.input_quant.dynamic:
@@ -331,7 +331,7 @@ def _twin_of(m: nn.Module) -> nn.Module | None:
             )
         return t
     if isinstance(m, IntLayer):
-        t = _ExportLayer(m.kind, m.dequantized_weight(), m.bias, _conv_args(m, m.weight_shape))
+        t = _ExportLayer(_export_geometry(m), m.dequantized_weight(), m.bias)
         if m.act is not None and not m.graph_mode:  # graph layers: the graph quantizes the input
             t.act = dict(m.act)
             if not m.act["dynamic"]:

@@ -36,14 +36,18 @@ def quantize(
 ) -> nn.Module:
     """Post-training quantization: replace layers with fake-quant layers that simulate integers exactly.
 
-    Every Linear, Conv1d, Conv2d and Hugging Face ``Conv1D`` (or those ``include``/``exclude``
-    select) becomes a :class:`~torchcompress.quant.modules.QuantLinear` /
-    ``QuantConv1d`` / ``QuantConv2d``: float master weights, fake-quantized weights (ranges from
-    ``config.weight_observer``) and, unless ``config.activation`` is ``None`` (weight-only),
-    fake-quantized inputs:
+    Every layer of a registered layer kind (:mod:`torchcompress.layers`: Linear, Conv1d/2d/3d,
+    Hugging Face ``Conv1D``, kinds registered from outside), or those ``include``/``exclude``
+    select, becomes a :class:`~torchcompress.quant.modules.QuantLinear` (maps over the last
+    dimension) / ``QuantConv1d`` / ``QuantConv2d`` / ``QuantConv3d``: float master weights,
+    fake-quantized weights (ranges from ``config.weight_observer``) and, unless
+    ``config.activation`` is ``None`` (weight-only), fake-quantized inputs:
 
     - ``mode="static"``: activation ranges are calibrated now from ``calib_data`` with
-      ``config.observer`` (streaming statistics, bounded memory). Where the model traces with
+      ``config.observer`` (streaming statistics, bounded memory; histogram observers read the data
+      twice, see :mod:`~torchcompress.quant.calib`). Under ``torch.distributed`` the ranks'
+      statistics are combined: with ``"minmax"``, ``"percentile"``, ``"mse"`` or ``"kl"`` every
+      rank gets exactly the scales of one process on all the data. Where the model traces with
       ``torch.fx`` (``graph="auto"``), quantization is planned on the whole graph, as the integer
       model will run it: BatchNorms after convolutions are folded (``fold_bn``), activations stay
       quantized between layers (a ReLU, a residual add into a convolution, max-pooling and
@@ -117,7 +121,8 @@ def quantize(
     targets = select_quant_targets(model, include, exclude, "quantization")
     if not targets:
         raise SelectionError(
-            f"{type(model).__name__} has no layer to quantize (Linear, Conv1d, Conv2d or HF Conv1D"
+            f"{type(model).__name__} has no layer to quantize (Linear, Conv, HF Conv1D or another "
+            "registered layer kind"
             f"{' after exclude=' + repr(exclude) if exclude else ''}); if it is already quantized, "
             "start again from the float model."
         )
@@ -165,6 +170,9 @@ def _quantize(
     with snapshot_modules(model):
         if static and fold_bn:
             _fold_batchnorms(model, calib_data)
+        if not static and calib_data is not None:
+            # nothing to calibrate: check the data reaches every (still float) target, finitely
+            check_reaches(model, calib_data, [n for n, _ in targets], max_batches)
         plan = None
         if use_graph:
             plan = prepare_graph(model, [n for n, _ in targets], fuse_residual=fuse_residual)
@@ -194,8 +202,6 @@ def _quantize(
                 quantizers.setdefault(name, []).append(layer.input_quant)
         if quantizers:
             calibrate(model, calib_data, quantizers, max_batches=max_batches, progress=progress)
-        elif calib_data is not None:
-            check_reaches(model, calib_data, [n for n, _ in targets], max_batches)
 
 
 def _fold_batchnorms(model: nn.Module, calib_data: Any) -> None:

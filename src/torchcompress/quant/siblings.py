@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..layers import Geometry
 from . import functional as QF
 from .granularity import granularity
 from .int_layer import IntLayer
-from .kinds import runs_as
 
 __all__ = ["SiblingGroup", "link_siblings"]
 
@@ -52,14 +52,11 @@ class SiblingGroup:
         rows = sum(m.out_channels for m in self.members)
         wfmt = dict(ref.wfmt)  # type: ignore[arg-type]
         wfmt["granularity"] = "channel"
+        bias = any(m.bias is not None for m in self.members)
         fused = IntLayer(
-            "linear",
-            in_features=ref.in_features,
-            out_channels=rows,
-            weight_shape=(rows, ref.in_features),
+            Geometry("linear", ref.in_features, rows, bias=bias),
             wfmt=wfmt,
             act=dict(ref.act),  # type: ignore[arg-type]
-            bias=any(m.bias is not None for m in self.members),
             bias_dtype=ref.bias.dtype if ref.bias is not None else torch.float32,
             device=device,
         )
@@ -165,7 +162,7 @@ def _fingerprint(x: Tensor, n: int = 4096) -> Tensor:
 
 def _sibling_key(m: IntLayer) -> tuple[Any, ...] | None:
     a, w = m.act, m.wfmt
-    if not runs_as(m.kind).token_inputs:  # Linear layers only
+    if m.geometry.kernel_size:  # maps over the last dimension only
         return None
     if a is None or not a["dynamic"] or w is None or m.out is not None:
         return None

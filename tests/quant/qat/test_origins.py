@@ -8,8 +8,9 @@ from torch import nn
 
 import torchcompress as tc
 from torchcompress.quant.graph import prepare_graph
-from torchcompress.quant.qat.origins import layer_origins, point_origins, value_origin
-from torchcompress.quant.tracer import trace_model
+from torchcompress.quant.ops import trace_model
+from torchcompress.quant.qat.origins import ReluOrigins, layer_origins, point_origins, value_origin
+from torchcompress.tracing import Recorder
 
 
 class Mixed(nn.Module):
@@ -48,3 +49,34 @@ def test_point_and_layer_origins_agree() -> None:
     assert points["input_d"][0] == "other"
     layers = layer_origins(Mixed().eval(), names, [torch.randn(3, 4)])
     assert layers == {"a": "input", "b": "relu", "c": "relu", "d": "other"}
+
+
+class Pooled(nn.Module):
+    """A ReLU's output through max pooling and a view; a sigmoid's is not one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(12, 2), nn.Linear(16, 2), nn.Linear(48, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = torch.relu(x)
+        p = F.max_pool2d(r, 2)
+        v = p.flatten(1)
+        s = torch.sigmoid(x).flatten(1)
+        return self.fc1(v) + self.fc2(s[:, :16]) + self.fc3(x.flatten(1))
+
+
+def test_relu_origins_listener_follows_relu_outputs_through_pooling_and_views() -> None:
+    """The Recorder listener that replaced quant's own TorchFunctionMode."""
+    m = Pooled()
+    rec = Recorder(m)
+    listener = ReluOrigins(rec, ["fc1", "fc2", "fc3"])
+    rec.listeners.append(listener)
+    with rec:
+        m(torch.randn(2, 3, 4, 4))
+    assert listener.origins == {"fc1": "relu", "fc2": "other", "fc3": "other"}
+    assert layer_origins(Pooled(), ["fc1", "fc2", "fc3"], [torch.randn(2, 3, 4, 4)]) == {
+        "fc1": "relu",
+        "fc2": "other",
+        "fc3": "other",
+    }

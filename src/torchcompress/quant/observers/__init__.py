@@ -60,7 +60,7 @@ Example:
 
 from __future__ import annotations
 
-from .base import OBSERVERS, Observer, ObserverSpec, make_observer, observer_spec
+from .base import OBSERVERS, Observer, ObserverSpec, all_reduce_, make_observer, observer_spec
 from .histogram import (
     KL,
     MSE,
@@ -102,6 +102,7 @@ __all__ = [
     "Percentile",
     "PercentileObserver",
     "SAWBObserver",
+    "all_reduce_",
     "make_observer",
     "observer_spec",
 ]

@@ -7,6 +7,17 @@ observer's own options, e.g. ``Percentile(percentile=99.9, bins=2048)``), linked
 so a :class:`~torchcompress.quant.QuantConfig` can hold either the plain name or the spec, and
 serialises the spec with its options. An observer without options of its own inherits its base's
 spec; registration then derives a spec class carrying the new name.
+
+Calibration on several ranks (``torch.distributed``): after the data ran, every rank calls
+:meth:`Observer.all_reduce`, which combines what the ranks observed (the minimum of the minima,
+the maximum of the maxima, the sum of the batch counts, and whatever :meth:`Observer.reduce_stats`
+of a subclass adds). :attr:`Observer.across_ranks` says how the result compares with the statistics
+of one process on all the data: ``"exact"`` (minima, maxima, integer counts), ``"rounding"``
+(floating-point sums, added in another order) or ``"approximate"`` (a moving average, which depends
+on the order of the batches). An observer whose statistics depend on a range
+(:attr:`Observer.needs_range_pass`: a histogram) is calibrated in two passes
+(:meth:`Observer.begin_range_pass` / :meth:`Observer.end_range_pass`): the first only tracks the
+range, which is then all-reduced and fixed, the second accumulates over the fixed range.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ...calibration import is_distributed
 from ...config import Config
 from ...errors import CalibrationError, ConfigError
 from ...registry import Registry
@@ -27,9 +39,21 @@ __all__ = [
     "OBSERVERS",
     "Observer",
     "ObserverSpec",
+    "all_reduce_",
     "make_observer",
     "observer_spec",
 ]
+
+
+def all_reduce_(t: Tensor, op: str) -> Tensor:
+    """All-reduce ``t`` across ranks with ``op`` (``"sum"``, ``"min"`` or ``"max"``); returns the
+    reduced tensor (``t`` itself when it is contiguous). Only call it under ``torch.distributed``."""
+    dist = torch.distributed
+    t = t.contiguous()
+    dist.all_reduce(
+        t, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op]
+    )
+    return t
 
 
 @dataclass(frozen=True)
@@ -86,10 +110,17 @@ class Observer(nn.Module):
         uses_batch_minmax: its statistics depend on each batch only through the batch's per-group
             min and max (quantization-aware training then feeds it just those, all-reduced across
             ranks under ``torch.distributed``).
+        across_ranks: how its statistics, combined across ranks by :meth:`all_reduce`, compare
+            with those of one process on all the data: ``"exact"``, ``"rounding"`` (float sums)
+            or ``"approximate"`` (e.g. a moving average, which depends on the order of the
+            batches; calibration warns).
+        range_only: during a range pass (:meth:`begin_range_pass`), only the minimum and maximum
+            are tracked.
     """
 
     Spec: ClassVar[type[ObserverSpec]] = ObserverSpec
     uses_batch_minmax: ClassVar[bool] = False
+    across_ranks: ClassVar[str] = "exact"
 
     def __init__(
         self,
@@ -117,17 +148,93 @@ class Observer(nn.Module):
         self.register_buffer("min_val", None, persistent=False)
         self.register_buffer("max_val", None, persistent=False)
         self.batches = 0
+        self.range_only = False
 
     @property
     def observed(self) -> bool:
         """Whether at least one tensor was observed."""
         return self.batches > 0
 
+    @property
+    def needs_range_pass(self) -> bool:
+        """Whether calibration first fixes the range (a histogram over it follows); weights,
+        observed exactly, never need one."""
+        return False
+
     def reset(self) -> None:
         """Forget everything observed."""
         self.min_val = None
         self.max_val = None
         self.batches = 0
+        self.range_only = False
+
+    # -- calibration in passes and across ranks ----------------------------------------------
+
+    def begin_range_pass(self) -> None:
+        """Forget everything and track only the range of what follows (see :meth:`end_range_pass`)."""
+        self.reset()
+        self.range_only = True
+
+    def end_range_pass(self, device: torch.device | None = None) -> None:
+        """Fix the range seen (all-reduced across ranks under ``torch.distributed``): what is
+        observed next accumulates over it (:meth:`fix_range`)."""
+        if is_distributed():
+            self._all_reduce_range(device)
+        self.range_only = False
+        if self.min_val is not None:
+            self.fix_range()
+        self.batches = 0
+
+    def fix_range(self) -> None:
+        """Subclass hook: statistics over the range :attr:`min_val` / :attr:`max_val` start here
+        (default: nothing to fix)."""
+
+    def all_reduce(self, device: torch.device | None = None) -> None:
+        """Combine what every rank observed (a no-op in one process): ranges by min/max, batch
+        counts summed, and :meth:`reduce_stats`. Every rank must call it, in the same order.
+
+        Args:
+            device: where to put the tensors of a rank that observed nothing (the quantizer's).
+        """
+        if not is_distributed():
+            return
+        groups = self._all_reduce_range(device)
+        count = torch.tensor(
+            [float(self.batches)], dtype=torch.float64, device=self._device(device)
+        )
+        self.batches = int(all_reduce_(count, "sum").item())
+        if groups:
+            self.reduce_stats(groups, self._device(device))
+
+    def reduce_stats(self, groups: int, device: torch.device) -> None:
+        """Subclass hook: all-reduce the statistics besides the range (``groups`` per tensor; a
+        rank that observed nothing contributes neutral values)."""
+
+    def _device(self, device: torch.device | None) -> torch.device:
+        if self.min_val is not None:
+            return self.min_val.device
+        return device if device is not None else torch.device("cpu")
+
+    def _all_reduce_range(self, device: torch.device | None) -> int:
+        """All-reduce :attr:`min_val` / :attr:`max_val`; returns the number of groups (0: no rank
+        observed anything)."""
+        dev = self._device(device)
+        n = 0 if self.min_val is None else int(self.min_val.numel())
+        groups = int(all_reduce_(torch.tensor([n], dtype=torch.int64, device=dev), "max").item())
+        if not groups:
+            return 0
+        lo = (
+            self.min_val
+            if self.min_val is not None
+            else torch.full((groups,), float("inf"), device=dev)
+        )
+        hi = (
+            self.max_val
+            if self.max_val is not None
+            else torch.full((groups,), float("-inf"), device=dev)
+        )
+        self.min_val, self.max_val = all_reduce_(lo.float(), "min"), all_reduce_(hi.float(), "max")
+        return groups
 
     def observe(self, x: Tensor) -> None:
         """Accumulate the statistics of ``x`` (``[groups, elements]``)."""
@@ -143,7 +250,8 @@ class Observer(nn.Module):
         else:
             self.min_val = torch.minimum(self.min_val, bmin)
             self.max_val = torch.maximum(self.max_val, bmax)
-        self._update(x, bmin, bmax)
+        if not self.range_only:
+            self._update(x, bmin, bmax)
         self.batches += 1
 
     def _update(self, x: Tensor, bmin: Tensor, bmax: Tensor) -> None:

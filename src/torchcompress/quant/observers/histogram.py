@@ -8,8 +8,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ...errors import ConfigError, check_range
-from .base import OBSERVERS, Observer, ObserverSpec
+from ...errors import CalibrationError, ConfigError, check_range
+from .base import OBSERVERS, Observer, ObserverSpec, all_reduce_
 
 __all__ = [
     "KL",
@@ -56,9 +56,13 @@ class HistogramObserver(Observer):
     the mass in one bin, which would dominate a distribution-matching criterion.
 
     For symmetric formats the histogram is of ``|x|`` over ``[0, max|x|]``; otherwise of ``x`` over
-    ``[min, max]``. When a batch falls outside the current range the histogram is re-binned onto the
-    wider range (its CDF interpolated linearly, i.e. counts assumed uniform inside a bin). With
-    ``exact=True`` (weights) the observed tensor itself is used.
+    ``[min, max]``. Calibration fixes that range in a first pass over the data
+    (:meth:`~Observer.begin_range_pass`, :meth:`fix_range`); the histogram then counts the second
+    pass over the fixed range, so its counts (integers) do not depend on the order of the batches
+    and sum exactly across ranks. Fed without a range pass (data that can be read only once), the
+    histogram starts on the first batch's range and, when a batch falls outside it, is re-binned
+    onto the wider range (its CDF interpolated linearly, i.e. counts assumed uniform inside a bin).
+    With ``exact=True`` (weights) the observed tensor itself is used.
     """
 
     skip_zeros = False
@@ -71,6 +75,12 @@ class HistogramObserver(Observer):
         self.register_buffer("hist_lo", None, persistent=False)
         self.register_buffer("hist_hi", None, persistent=False)
         self.register_buffer("data", None, persistent=False)
+        #: the histogram's range was fixed by a range pass (no re-binning)
+        self.fixed = False
+
+    @property
+    def needs_range_pass(self) -> bool:
+        return not self.exact
 
     def reset(self) -> None:
         super().reset()
@@ -78,18 +88,46 @@ class HistogramObserver(Observer):
         self.hist_lo = None
         self.hist_hi = None
         self.data = None
+        self.fixed = False
+
+    def _span(self, bmin: Tensor, bmax: Tensor) -> tuple[Tensor, Tensor]:
+        """The histogram's range for values in ``[bmin, bmax]`` (of ``|x|`` if symmetric)."""
+        if self.symmetric:
+            return torch.zeros_like(bmin), torch.maximum(bmin.abs(), bmax.abs())
+        return bmin, bmax
+
+    def fix_range(self) -> None:
+        """Start an empty histogram over the range seen so far (it is not re-binned afterwards:
+        values outside it count in the edge bins)."""
+        lo, hi = self._span(self.min_val, self.max_val)  # type: ignore[arg-type]
+        hi = torch.where(hi > lo, hi, lo + 1e-8 * lo.abs().clamp(min=1.0))
+        self.hist_lo, self.hist_hi = lo, hi
+        self.hist = torch.zeros(lo.shape[0], self.spec.bins, dtype=torch.float64, device=lo.device)
+        self.fixed = True
+
+    def reduce_stats(self, groups: int, device: torch.device) -> None:
+        """Sum the ranks' histograms (counts over the same fixed range)."""
+        if self.exact:
+            return  # a weight: the same tensor on every rank
+        if not self.fixed:
+            raise CalibrationError(
+                f"{type(self).__name__}: histograms over different ranges cannot be combined "
+                "across ranks; calibrate with a range pass (begin_range_pass / end_range_pass)."
+            )
+        h = self.hist
+        if h is None:
+            h = torch.zeros(groups, self.spec.bins, dtype=torch.float64, device=device)
+        self.hist = all_reduce_(h, "sum")
 
     def _update(self, x: Tensor, bmin: Tensor, bmax: Tensor) -> None:
         if self.exact:
             self.data = x
             return
         v = x.abs() if self.symmetric else x
-        if self.symmetric:
-            lo = torch.zeros_like(bmin)
-            hi = torch.maximum(bmin.abs(), bmax.abs())
-        else:
-            lo, hi = bmin, bmax
-        if self.hist is None or self.hist.shape[0] != x.shape[0]:
+        lo, hi = self._span(bmin, bmax)
+        if self.fixed and self.hist is not None:
+            pass  # the range pass fixed it
+        elif self.hist is None or self.hist.shape[0] != x.shape[0]:
             hi = torch.where(hi > lo, hi, lo + 1e-8 * lo.abs().clamp(min=1.0))
             self.hist_lo, self.hist_hi = lo, hi
             self.hist = torch.zeros(

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ...errors import check_range
-from .base import OBSERVERS, Observer, ObserverSpec
+from .base import OBSERVERS, Observer, ObserverSpec, all_reduce_
 
 __all__ = [
     "SAWB",
@@ -77,12 +77,15 @@ class MovingMinMaxObserver(Observer):
     """Exponential moving averages of each batch's min and max (weight ``averaging_constant``).
 
     The first batch initialises the averages; batch ``t`` then moves them by
-    ``averaging_constant * (batch_value - average)``.
+    ``averaging_constant * (batch_value - average)``. The averages depend on the order of the
+    batches: across ranks (:meth:`~Observer.all_reduce`) the ranks' averages are averaged, an
+    approximation of one process on all the data.
     """
 
     Spec = MovingMinMax
     spec: MovingMinMax
     uses_batch_minmax = True
+    across_ranks = "approximate"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -105,6 +108,18 @@ class MovingMinMaxObserver(Observer):
     def compute_range(self) -> tuple[Tensor, Tensor]:
         self._check()
         return self.avg_min, self.avg_max  # type: ignore[return-value]
+
+    def reduce_stats(self, groups: int, device: torch.device) -> None:
+        """The mean of the ranks' moving averages (over the ranks that observed something)."""
+        zero = torch.zeros(groups, dtype=torch.float64, device=device)
+        has = self.avg_min is not None
+        lo = self.avg_min.double() if has else zero  # type: ignore[union-attr]
+        hi = self.avg_max.double() if has else zero  # type: ignore[union-attr]
+        flag = torch.tensor([float(has)], dtype=torch.float64, device=device)
+        both = all_reduce_(torch.cat([lo, hi, flag]), "sum")
+        n = both[-1].clamp(min=1)
+        self.avg_min = (both[:groups] / n).float()
+        self.avg_max = (both[groups : 2 * groups] / n).float()
 
 
 #: Widest format the SAWB observer clips (wider ones use min/max; see :class:`SAWBObserver`).
@@ -141,8 +156,8 @@ class SAWB(ObserverSpec):
 class SAWBObserver(Observer):
     """Statistics-aware weight binning (Choi et al. 2018): ``alpha = c1 sqrt(E x^2) - c2 E|x|``.
 
-    Streams ``E[x^2]`` and ``E|x|`` per group; the range is the observed range clipped to
-    ``[-alpha, alpha]``. Used up to :data:`SAWB_MAX_BITS` (4) bits, the low-bit regime the method
+    Streams ``E[x^2]`` and ``E|x|`` per group (float64 sums; across ranks they are summed, equal to
+    one process's to rounding); the range is the observed range clipped to ``[-alpha, alpha]``. Used up to :data:`SAWB_MAX_BITS` (4) bits, the low-bit regime the method
     is for; wider formats use the plain min/max. Above 4 bits the fitted coefficients grow large
     and nearly cancel, so ``alpha`` becomes unstable for distributions outside the fit family (for
     uniform data the 8-bit fit clips at 0.56 of the maximum, where the optimum is about the maximum;
@@ -151,6 +166,7 @@ class SAWBObserver(Observer):
     """
 
     Spec = SAWB
+    across_ranks = "rounding"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -173,6 +189,16 @@ class SAWBObserver(Observer):
             self.sum_sq = self.sum_sq + sq
             self.sum_abs = self.sum_abs + ab
             self.count += x.shape[1]
+
+    def reduce_stats(self, groups: int, device: torch.device) -> None:
+        """Sum the moments and the counts of the ranks."""
+        zero = torch.zeros(groups, dtype=torch.float64, device=device)
+        sq = self.sum_sq if self.sum_sq is not None else zero
+        ab = self.sum_abs if self.sum_abs is not None else zero
+        count = torch.tensor([float(self.count)], dtype=torch.float64, device=device)
+        both = all_reduce_(torch.cat([sq.double(), ab.double(), count]), "sum")
+        self.sum_sq, self.sum_abs = both[:groups], both[groups : 2 * groups]
+        self.count = int(both[-1].item())
 
     def compute_range(self) -> tuple[Tensor, Tensor]:
         self._check()

@@ -8,11 +8,14 @@ fake-quant convolution :func:`torchcompress.convert` turns into integers.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...fusion import bn_scale_shift
+from ...layers import Geometry
 from ..modules import QuantConv1d, QuantConv2d, QuantLayer, _QuantConvNd, quant_layer_class
 
 __all__ = ["FOLDABLE_BN", "QuantConvBn1d", "QuantConvBn2d", "conv_bn_class"]
@@ -114,7 +117,8 @@ class _QuantConvBnNd(_QuantConvNd):
 
     def to_quant_layer(self) -> QuantLayer:
         """The plain fake-quant convolution with the folded weight and bias (what converts)."""
-        new = quant_layer_class(self.kind)(**self.layer_args(), bias=True, device="meta")
+        geo = dataclasses.replace(self.geometry, bias=True)
+        new = quant_layer_class(geo).from_geometry(geo, device="meta", source=self.source)
         with torch.no_grad():
             new.weight = nn.Parameter(self.folded_weight().detach().clone())
             new.bias = nn.Parameter(self.folded_bias().detach().to(self.weight.dtype).clone())
@@ -134,7 +138,7 @@ class _QuantConvBnNd(_QuantConvNd):
     def from_layer(cls, layer: QuantLayer, bn: nn.modules.batchnorm._BatchNorm) -> _QuantConvBnNd:
         """The folded conv+BN training layer of a fake-quant convolution and its BatchNorm (the
         parameters and quantizers are taken over)."""
-        new = cls(**layer.layer_args(), bias=layer.bias is not None, device="meta")
+        new = cls.from_geometry(layer.geometry, device="meta", source=layer.source)
         new.weight = layer.weight
         new.bias = layer.bias
         new._init_bn(bn)
@@ -170,12 +174,14 @@ class QuantConvBn1d(_QuantConvBnNd, QuantConv1d):
     bn_type = nn.BatchNorm1d
 
 
-_BY_KIND: dict[str, type[_QuantConvBnNd]] = {c.kind: c for c in (QuantConvBn1d, QuantConvBn2d)}
+#: the folded conv+BN class of a convolution, by its number of spatial dimensions
+_BY_DIMS: dict[int, type[_QuantConvBnNd]] = {c._nd: c for c in (QuantConvBn1d, QuantConvBn2d)}
 
 #: the BatchNorm types that fold into a training convolution
-FOLDABLE_BN: tuple[type[nn.Module], ...] = tuple(c.bn_type for c in _BY_KIND.values())
+FOLDABLE_BN: tuple[type[nn.Module], ...] = tuple(c.bn_type for c in _BY_DIMS.values())
 
 
-def conv_bn_class(kind: str) -> type[_QuantConvBnNd] | None:
-    """The folded conv+BN training layer for a layer kind, or ``None`` (e.g. Linear)."""
-    return _BY_KIND.get(kind)
+def conv_bn_class(geometry: Geometry) -> type[_QuantConvBnNd] | None:
+    """The folded conv+BN training layer for a layer of ``geometry`` (a convolution with a 1-D or
+    2-D kernel), or ``None`` (e.g. a Linear map)."""
+    return _BY_DIMS.get(geometry.spatial_dims) if geometry.kernel_size else None

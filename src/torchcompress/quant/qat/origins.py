@@ -1,9 +1,11 @@
 """Which quantized activations are ReLU outputs (what PACT's learned clipping applies to).
 
 - Graph mode (:func:`point_origins`): each quantizer of the traced graph is followed back through
-  ops that keep a ReLU's output a clipped non-negative activation (pooling, reshapes, dropout, ...).
-- Layer mode (:func:`layer_origins`): one calibration batch runs under the
-  :class:`~torchcompress.quant.tracer.ReluTracker`, and each quantized layer's input is looked up.
+  ops that keep a ReLU's output a clipped non-negative activation (pooling, reshapes, dropout, ...;
+  :func:`~torchcompress.quant.ops.value_origin`).
+- Layer mode (:func:`layer_origins`): one calibration batch runs under a
+  :class:`~torchcompress.tracing.Recorder` with the :class:`ReluOrigins` listener, which follows
+  ReLU outputs through the same ops and looks up each quantized layer's input.
 
 An origin is ``"relu"``, ``"input"`` (the model's own data), ``"residual"`` (an operand of a
 residual add) or ``"other"``.
@@ -11,35 +13,18 @@ residual add) or ``"other"``.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch.fx as fx
 from torch import Tensor, nn
 
-from ...batches import Batch
-from ..calib import input_hooks, run_batches
+from ...batches import Batch, run_model
+from ...calibration import run_batches
+from ...tracing import RANGE_PRESERVING, RELU_LIKE, Listener, ModuleCall, OpEvent, Recorder, Source
 from ..graph import GraphPlan, find_groups, plan_points
-from ..tracer import ReluTracker, is_relu_output, keeps_relu
+from ..ops import value_origin
 
-__all__ = ["layer_origins", "point_origins", "value_origin"]
-
-
-def value_origin(node: Any, modules: dict[str, nn.Module]) -> str:
-    """``"relu"``, ``"input"`` (the model's data) or ``"other"`` for the value of ``node``."""
-    seen = 0
-    while isinstance(node, fx.Node) and seen < 64:
-        seen += 1
-        if node.op == "placeholder":
-            return "input"
-        if is_relu_output(node, modules):
-            return "relu"
-        if keeps_relu(node, modules) and node.args:
-            node = node.args[0]
-            continue
-        return "other"
-    return "other"
+__all__ = ["ReluOrigins", "layer_origins", "point_origins", "value_origin"]
 
 
 def point_origins(
@@ -79,23 +64,58 @@ def point_origins(
     return out
 
 
+class ReluOrigins(Listener):
+    """A :class:`~torchcompress.tracing.Recorder` listener: which named layers read a ReLU's output.
+
+    A tensor is a ReLU output when a ReLU-like op (ReLU, ReLU6, ``Hardtanh`` clipping at zero)
+    computed it, or an op keeping values within its input's range (pooling, reshapes, dropout,
+    ...) computed it from one. Each named layer's first call records the origin of its input:
+    ``"relu"``, ``"input"`` (a model input) or ``"other"``.
+
+    Args:
+        recorder: the recorder it listens to (tensor sources are looked up there).
+        names: qualified names of the layers to look up.
+
+    Attributes:
+        origins: layer name -> origin, for the layers that ran.
+    """
+
+    def __init__(self, recorder: Recorder, names: list[str]) -> None:
+        self.recorder = recorder
+        self.names = set(names)
+        self.relu_ops: set[int] = set()
+        self.origins: dict[str, str] = {}
+
+    def _from_relu(self, src: Source | None) -> bool:
+        return src is not None and src.op is not None and src.op.index in self.relu_ops
+
+    def on_op(self, event: OpEvent) -> None:
+        if not isinstance(event.output, Tensor):
+            return
+        cats = event.categories
+        first = event.inputs[0] if event.inputs and event.inputs[0].where == (0,) else None
+        if RELU_LIKE in cats or (
+            RANGE_PRESERVING in cats and first is not None and self._from_relu(first.source)
+        ):
+            self.relu_ops.add(event.index)
+
+    def on_module_enter(self, call: ModuleCall) -> None:
+        if call.name in self.names:
+            x = call.args[0] if call.args else None
+            src = self.recorder.source(x)
+            kind = "input" if src is not None and src.input else "other"
+            self.origins.setdefault(call.name, "relu" if self._from_relu(src) else kind)
+
+
 def layer_origins(model: nn.Module, names: list[str], calib_data: Any) -> dict[str, str]:
     """Layer mode: which named layers read a ReLU's output (or the model's input), from one batch."""
-    tracker = ReluTracker()
-    model_inputs: set[int] = set()
-    seen: dict[str, str] = {}
+    recorder = Recorder(model)
+    listener = ReluOrigins(recorder, names)
+    recorder.listeners.append(listener)
 
-    def record(name: str, x: Any) -> None:
-        kind = "input" if id(x) in model_inputs else "other"
-        seen.setdefault(name, "relu" if id(x) in tracker.relu else kind)
+    def step(batch: Batch, index: int) -> None:
+        with recorder:
+            run_model(model, batch, index=index, what="calib_data")
 
-    @contextlib.contextmanager
-    def tracked(batch: Batch) -> Iterator[None]:
-        inputs = [*batch.args, *batch.kwargs.values()]
-        model_inputs.update(id(t) for t in inputs if isinstance(t, Tensor))
-        with tracker:
-            yield
-
-    with input_hooks(model, names, record):
-        run_batches(model, calib_data, max_batches=1, progress=False, around=tracked)
-    return seen
+    run_batches(model, calib_data, step=step, max_batches=1, progress=False)
+    return listener.origins

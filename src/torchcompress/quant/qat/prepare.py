@@ -29,10 +29,11 @@ from torch import nn
 from ... import io
 from ...errors import CompressionStateError, ConfigError, SelectionError
 from ...fusion import fusion_pairs
+from ...layers import layer_kind
 from ...select import module_device_dtype, replace_modules, snapshot_modules
-from .. import kinds
 from ..build import build_quant_layer, forward_restored_on_error, select_quant_targets
 from ..calib import calibrate, example_batch
+from ..geometry import geometry_of
 from ..graph import GraphPlan, prepare_graph
 from ..hardware import resolve_reduce_range
 from ..modules import FakeQuantize, QuantLayer
@@ -173,8 +174,8 @@ def prepare_qat(
     targets = select_quant_targets(model, include, exclude, "quantization")
     if not targets:
         raise SelectionError(
-            f"{type(model).__name__} has no layer to quantize (Linear, Conv1d, Conv2d or HF Conv1D"
-            f"{' after exclude=' + repr(exclude) if exclude else ''})."
+            f"{type(model).__name__} has no layer to quantize (Linear, Conv, HF Conv1D or another "
+            f"registered layer kind{' after exclude=' + repr(exclude) if exclude else ''})."
         )
     device, _ = module_device_dtype(model)
     reduce = resolve_reduce_range(config.reduce_range, device)
@@ -220,8 +221,7 @@ def _find_pairs(model: nn.Module, names: set[str], calib_data: Any) -> list[tupl
     out = []
     for layer_name, bn_name in pairs:
         layer, bn = model.get_submodule(layer_name), model.get_submodule(bn_name)
-        kind = kinds.kind_of(layer)
-        cls = conv_bn_class(kind.runs_as) if kind is not None else None
+        cls = conv_bn_class(geometry_of(layer)) if layer_kind(layer) is not None else None
         if layer_name not in names or cls is None:
             continue
         if type(bn) is cls.bn_type and bn.track_running_stats:
@@ -270,7 +270,7 @@ def _prepare(
         )
         bn = bns.get(name)
         if bn is not None:
-            layer = conv_bn_class(layer.kind).from_layer(layer, bn)  # type: ignore[union-attr, arg-type]
+            layer = conv_bn_class(layer.geometry).from_layer(layer, bn)  # type: ignore[union-attr, arg-type]
         if layer.weight_quant is not None:
             w2d = layer.weight_to_quantize().detach().reshape(layer.weight_shape2d)
             layer.weight_quant = qmethod.weight_quantizer(layer.weight_quant, w2d)

@@ -27,9 +27,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ...calibration import is_distributed
 from ...errors import CalibrationError, ConfigError
 from .. import functional as QF
 from ..modules import FakeQuantize
+from ..observers import all_reduce_
 from ..spec import IntSpec
 
 __all__ = [
@@ -256,6 +258,17 @@ class STEQuantize(QATQuantizer):
             return x
         return self._fq(x)
 
+    def all_reduce(self) -> None:
+        """Combine the ranks' statistics; an observer fed each batch's min/max is already
+        identical on every rank (those are all-reduced at every batch)."""
+        if (
+            self.observer is not None
+            and self.observer.uses_batch_minmax
+            and self.role == "activation"
+        ):
+            return
+        super().all_reduce()
+
     def _fq(self, x: Tensor) -> Tensor:
         # the range is a constant of the step: one fused autograd node instead of five
         # (weights while observing: a pure straight-through gradient, since their range follows
@@ -349,6 +362,26 @@ class LSQQuantize(QATQuantizer):
         super().observe(x)
         if self.init == "lsq":
             self.accumulate_abs(x)
+
+    def end_range_pass(self) -> None:
+        """Fix the observer's range; ``|x|`` is accumulated again by the next pass."""
+        super().end_range_pass()
+        self._abs_sum, self._abs_count = None, 0
+
+    def all_reduce(self) -> None:
+        """Combine the ranks' statistics, the ``|x|`` sums of the paper's initialisation too."""
+        super().all_reduce()
+        if self.init != "lsq" or not is_distributed():
+            return
+        groups = self.scale.numel()
+        s = self._abs_sum if self._abs_sum is not None else self.scale.new_zeros(groups)
+        both = all_reduce_(
+            torch.cat([s.detach().double().reshape(-1), s.new_tensor([self._abs_count]).double()]),
+            "sum",
+        )
+        self._abs_sum, self._abs_count = both[:groups].float(), int(both[-1].item())
+        if self._abs_count == 0:
+            self._abs_sum = None
 
     def calibrate(self) -> None:
         """Initialise the step size (and offset) from what was observed (see ``init``)."""
