@@ -41,6 +41,7 @@ from torch import nn
 
 import torchcompress as tc
 from benchmarks.harness import Report, time_variants
+from torchcompress.calibration import SequentialRunner, collect
 from torchcompress.models.hf import load_minilm, sentence_embeddings, tokenize
 
 warnings.filterwarnings("ignore")
@@ -60,6 +61,7 @@ def _timed(fn: Callable[[], nn.Module]) -> tuple[nn.Module, float]:
 def _row(name: str, model: nn.Module, seconds: float | None, ctx: dict[str, Any]) -> dict[str, str]:
     emb = sentence_embeddings(model, ctx["tok"], ctx["eval"])
     mean, low = _cos(emb, ctx["ref"])
+    print(f"{name}: cosine {mean:.4f}, {seconds or 0:.1f} s", flush=True)
     return {
         "variant": name,
         "cosine mean": f"{mean:.4f}",
@@ -100,7 +102,7 @@ def _probe(kind: str, n_calib: int) -> None:
     if kind == "sequential":
         tc.gptq(model, tc.QuantConfig(weight=tc.IntSpec(4), activation=None), calib)
     elif kind == "sequential-stats":
-        runner = tc.calibration.SequentialRunner(model, calib)
+        runner = SequentialRunner(model, calib)
         runner.run(lambda block: block.collect(["xtx"]) and None)
     else:
         names = [
@@ -108,7 +110,7 @@ def _probe(kind: str, n_calib: int) -> None:
             for n, m in model.named_modules()
             if n.startswith("encoder") and isinstance(m, nn.Linear)
         ]
-        stats = tc.calibration.collect(model, calib, {n: ["xtx"] for n in names})
+        stats = collect(model, calib, {n: ["xtx"] for n in names})
         assert len(stats) == len(names)
     print(json.dumps({"peak_mb": (_status_kb("VmHWM") - base) / 1024}))
 
@@ -232,7 +234,9 @@ def main(argv: list[str] | None = None) -> None:
         w8.append(_row(f"static W8A8, SmoothQuant {label}", m, s, ctx))
         if alpha == "auto":
             fakes["static int8, SmoothQuant"] = m
-            alphas = tc.io.history(m)[-2]["alphas"]
+            alphas = next(
+                h["alphas"] for h in reversed(tc.io.history(m)) if h["step"] == "smoothquant"
+            )
     rep.table(
         w8,
         caption="**W8A8** (int8 per-channel weights; 'compress s' includes SmoothQuant's "
