@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> None:
     rep.table(
         lat,
         caption=f"**Latency** of one forward on {batch['input_ids'].shape[0]} sentences "
-        f"({batch['input_ids'].shape[1]} tokens), {rounds} interleaved rounds",
+        f"({batch['input_ids'].shape[1]} tokens), {rounds} interleaved rounds, one thread, on a "
+        "shared machine with other jobs running (noisy: compare ratios, roughly)",
     )
 
     # --- sparsity -----------------------------------------------------------------------------
@@ -330,8 +331,12 @@ def main(argv: list[str] | None = None) -> None:
     rep.add(
         "The block-by-block engine holds the model plus one block's inputs and outputs over the "
         "calibration batches and one block's statistics; gathering every layer's Hessian at once "
-        "holds all of them (MiniLM: 36 matrices of up to 1536 x 1536 in float64). The gap grows "
-        "with depth and width."
+        "holds all of them (MiniLM: 36 matrices of up to 1536 x 1536 in float64), a gap that "
+        "grows with depth. `tc.gptq` itself peaks higher than the statistics alone: so that a "
+        "failure leaves the model exactly as it was, it keeps a copy of the model's tensors and "
+        "the layers it replaced until it returns (about two copies of the weights, some 180 MB on "
+        "MiniLM), on top of each layer's float64 work. On a model as small as MiniLM that costs "
+        "more than the engine saves."
     )
     path = rep.write()
     print(f"wrote {path}")
