@@ -66,6 +66,7 @@ _EXPORTS: dict[str, str] = {
 # submodules reachable as attributes (tc.models, tc.data, tc.distill, ...)
 _SUBMODULES = (
     "batches",
+    "calibration",
     "config",
     "costs",
     "data",
