@@ -14,7 +14,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The order a newcomer reads the families in; a tour file not listed here is appended at the end.
-ORDER = ["data-train", "profile-fusion", "quant", "qat", "ptq", "sparsity", "lowrank", "distill"]
+ORDER = [
+    "data-train",
+    "profile-fusion",
+    "quant",
+    "qat",
+    "ptq",
+    "sparsity",
+    "structured",
+    "lowrank",
+    "distill",
+]
 START, END = "<!-- tour:start -->", "<!-- tour:end -->"
 
 

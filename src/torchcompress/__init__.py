@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 # public name -> module that defines it (imported lazily on first access). Names of the planned
-# surface join this table when their family implements them (prune_channels).
+# surface join this table when their family implements them.
 _EXPORTS: dict[str, str] = {
     # foundation
     "save": "torchcompress.io",
@@ -57,6 +57,8 @@ _EXPORTS: dict[str, str] = {
     "SparsitySchedule": "torchcompress.sparsity",
     "SparseGPTConfig": "torchcompress.sparsity",
     "sparsegpt": "torchcompress.sparsity",
+    "prune_channels": "torchcompress.sparsity",
+    "ChannelPruneConfig": "torchcompress.sparsity",
     # low-rank
     "LowRankConfig": "torchcompress.lowrank",
     "factorize": "torchcompress.lowrank",

@@ -60,12 +60,10 @@ from ..errors import ConfigError
 from ..layers import layer_kind, stored_weight
 from ..registry import Registry
 from ..select import set_module
-from ..tracing import IDENTITY, OPS, RELU, RESHAPE, SPLIT
+from ..tracing import ATTENTION, IDENTITY, MATMUL, OPS, RELU, RESHAPE, SPLIT
 
 __all__ = [
     "ABSORBERS",
-    "ATTENTION",
-    "MIXES_ROWS",
     "PRODUCT",
     "Absorber",
     "Fold",
@@ -84,12 +82,6 @@ PRODUCT = "product"
 OPS.register(PRODUCT, torch.mul, operator.mul, "mul", "__mul__", "__rmul__")
 if hasattr(torch, "multiply"):
     OPS.register(PRODUCT, torch.multiply)
-#: Op category of products ``A @ B`` (each output channel a mix of the same channel of ``B``'s rows).
-MIXES_ROWS = "mixes_rows"
-OPS.register(MIXES_ROWS, torch.matmul, operator.matmul, "matmul", "__matmul__", torch.bmm, "bmm")
-#: Op category of fused attention ``attention(q, k, v)`` (each output channel a mix of ``v``'s).
-ATTENTION = "attention"
-OPS.register(ATTENTION, torch.nn.functional.scaled_dot_product_attention)
 
 
 class InputScaled(nn.Module):
@@ -310,7 +302,7 @@ class ValueAbsorber(Absorber):
         op = None if src is None else src.op
         if op is None:
             return None
-        where = (1,) if MIXES_ROWS in op.categories else None
+        where = (1,) if MATMUL in op.categories else None  # P @ V: V is the second
         if ATTENTION in op.categories:
             where = (2,) if any(u.where == (2,) for u in op.inputs) else ("value",)
         use = next((u for u in op.inputs if u.where == where), None) if where else None

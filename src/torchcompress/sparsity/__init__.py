@@ -8,6 +8,9 @@ The surface (also as ``tc.<name>``):
   re-prunes, keeping what is pruned;
 - :func:`sparsegpt` (and :class:`SparseGPTConfig`): one-shot SparseGPT or Wanda pruning of a
   transformer's blocks, one block at a time, with weight reconstruction (SparseGPT);
+- :func:`prune_channels` / :class:`ChannelPruneConfig` (:mod:`~torchcompress.sparsity.structured`):
+  structured pruning that physically removes channels and attention heads, following the model's
+  dependency graph, by a channel ratio or to a MACs/params target; :func:`channel_report`;
 - :func:`sparsity_report`: per-layer and overall sparsity;
 - :func:`finalize`: bake the masks in (plain modules again), optionally onto torch's 2:4
   semi-structured kernels (:func:`to_semi_structured`, CUDA);
@@ -53,6 +56,7 @@ from .report import LayerSparsity, SparsityReport, sparsity_report
 from .schedules import SCHEDULE_KINDS, GradualPruning, SparsitySchedule, gradual_prune
 from .semi_structured import semi_structured_available, to_semi_structured
 from .sparsegpt import SparseGPTConfig, sparsegpt
+from .structured import ChannelPruneConfig, ChannelPruneReport, channel_report, prune_channels
 
 __all__ = [
     "CRITERIA",
@@ -62,6 +66,8 @@ __all__ = [
     "SCHEDULE_KINDS",
     "BNScaleL1",
     "Candidates",
+    "ChannelPruneConfig",
+    "ChannelPruneReport",
     "Criterion",
     "GradualPruning",
     "GroupHoyer",
@@ -79,6 +85,7 @@ __all__ = [
     "SparsitySchedule",
     "Target",
     "apply_mask",
+    "channel_report",
     "collect_statistics",
     "default_loss",
     "finalize",
@@ -87,6 +94,7 @@ __all__ = [
     "is_masked",
     "layer_kind",
     "prune",
+    "prune_channels",
     "select_targets",
     "semi_structured_available",
     "sparsegpt",
