@@ -74,6 +74,7 @@ _SUBMODULES = (
     "data",
     "distill",
     "errors",
+    "forms",
     "fusion",
     "io",
     "lowrank",
