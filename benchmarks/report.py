@@ -30,6 +30,8 @@ ORDER = [
     "quant_cnn",
     "deploy",
     "qat_cnn",
+    "ptq_minilm",
+    "ptq_gpt",
     "prune_minilm",
     "prune_cnn",
     "lowrank_minilm",

@@ -20,6 +20,7 @@ ORDER = [
     "profile-fusion",
     "quant",
     "qat",
+    "ptq",
     "sparsity",
     "structured",
     "lowrank",
