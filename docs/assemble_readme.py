@@ -1,9 +1,10 @@
-"""Paste the family tour sections of ``docs/tour/`` into README.md between its tour markers.
+"""Paste the family tour sections of ``docs/tour/`` into README.md between its tour markers, and the
+table of forms (``torchcompress.forms``) into docs/composition.md between its forms markers.
 
 Usage::
 
-    python docs/assemble_readme.py          # rewrite README.md
-    python docs/assemble_readme.py --check  # exit 1 if README.md is out of date
+    python docs/assemble_readme.py          # rewrite README.md and docs/composition.md
+    python docs/assemble_readme.py --check  # exit 1 if either is out of date
 """
 
 from __future__ import annotations
@@ -14,8 +15,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The order a newcomer reads the families in; a tour file not listed here is appended at the end.
-ORDER = ["data-train", "profile-fusion", "quant", "qat", "sparsity", "lowrank", "distill"]
+ORDER = [
+    "data-train",
+    "profile-fusion",
+    "quant",
+    "qat",
+    "ptq",
+    "sparsity",
+    "structured",
+    "lowrank",
+    "composition",
+    "distill",
+]
 START, END = "<!-- tour:start -->", "<!-- tour:end -->"
+FORMS_START, FORMS_END = "<!-- forms:start -->", "<!-- forms:end -->"
 
 
 def tour_text() -> str:
@@ -34,16 +47,34 @@ def assemble(readme: str) -> str:
     return f"{head}{START}\n{tour_text()}\n{END}{tail}"
 
 
+def assemble_forms(doc: str) -> str:
+    """docs/composition.md text with the table between the forms markers regenerated."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from torchcompress import forms
+
+    if FORMS_START not in doc or FORMS_END not in doc:
+        raise SystemExit(f"docs/composition.md lacks the {FORMS_START} / {FORMS_END} markers")
+    head, rest = doc.split(FORMS_START, 1)
+    _, tail = rest.split(FORMS_END, 1)
+    return f"{head}{FORMS_START}\n{forms.markdown_table()}{FORMS_END}{tail}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="only check that README.md is up to date")
+    ap.add_argument("--check", action="store_true", help="only check that the files are up to date")
     args = ap.parse_args()
-    path = ROOT / "README.md"
-    old = path.read_text()
-    new = assemble(old)
+    stale = False
+    for path, build in (
+        (ROOT / "README.md", assemble),
+        (ROOT / "docs" / "composition.md", assemble_forms),
+    ):
+        old = path.read_text()
+        new = build(old)
+        stale |= new != old
+        if not args.check:
+            path.write_text(new)
     if args.check:
-        sys.exit(0 if new == old else 1)
-    path.write_text(new)
+        sys.exit(1 if stale else 0)
 
 
 if __name__ == "__main__":
