@@ -1,4 +1,4 @@
-"""Distillation as the recovery step: the float model teaches its pruned, factorized, QAT self."""
+"""Recovery by distillation: the float model teaches its (channel-)pruned, factorized, QAT self."""
 
 from __future__ import annotations
 
@@ -61,3 +61,14 @@ def test_recovery_after_qat(digits, teacher):
     check(model, teacher, digits, "block.2")
     assert sorted({type(m).__name__ for m in model.modules()}) == kinds
     tc.convert(model)  # still a QAT model that converts
+
+
+def test_recovery_after_channel_pruning(digits, teacher):
+    train, _ = digits
+    x, _ = next(iter(train))
+    model = tc.prune_channels(copy.deepcopy(teacher), x, 0.5)
+    widths = (model.block[0].out_channels, teacher.block[0].out_channels)
+    assert widths[0] < widths[1]  # narrower than its teacher: the hint goes through an adapter
+    check(model, teacher, digits, "block")
+    assert model.block[0].out_channels == widths[0]  # still the pruned width
+    assert model.fc.in_features == widths[0]
