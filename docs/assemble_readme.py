@@ -14,7 +14,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The order a newcomer reads the families in; a tour file not listed here is appended at the end.
-ORDER = ["data-train", "profile-fusion", "quant", "qat", "sparsity", "lowrank", "distill"]
+ORDER = [
+    "data-train",
+    "profile-fusion",
+    "quant",
+    "qat",
+    "sparsity",
+    "lowrank",
+    "distill",
+    "recipes",
+]
 START, END = "<!-- tour:start -->", "<!-- tour:end -->"
 
 

@@ -96,7 +96,9 @@ RULES: dict[str, Rule] = {
         requires_advice="nothing to convert: call quantize or prepare_qat first",
     ),
     "merge_lowrank": Rule(
-        requires=frozenset({"factorized"}), requires_advice="nothing to merge: call factorize first"
+        _quantized("merge_lowrank before quantize/prepare_qat/kmeans_quantize"),
+        requires=frozenset({"factorized"}),
+        requires_advice="nothing to merge: call factorize first",
     ),
 }
 

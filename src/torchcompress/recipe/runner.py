@@ -13,6 +13,7 @@ error with the file and the step in the message; the report of an earlier run st
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as _dt
 import hashlib
@@ -20,7 +21,7 @@ import json
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -211,12 +212,12 @@ def _types(model: nn.Module | None) -> dict[str, str]:
     return {} if model is None else {n: type(m).__name__ for n, m in model.named_modules()}
 
 
-def _run_step(step: Step, ctx: StepContext, where: str, tag: str) -> StepRecord:
-    ctx.say(f"{tag} {step.kind}: {step.describe()}")
-    before = _types(ctx.model)
-    t0 = time.perf_counter()
+@contextlib.contextmanager
+def _located(where: str) -> Iterator[None]:
+    """Errors inside get ``where`` in front: torchcompress's own keep their class; any other is an
+    :class:`InternalStepError`."""
     try:
-        figures = step.run(ctx) or {}
+        yield
     except TorchCompressError as e:
         try:
             err = type(e)(f"{where}: {e}")
@@ -227,6 +228,14 @@ def _run_step(step: Step, ctx: StepContext, where: str, tag: str) -> StepRecord:
         raise
     except Exception as e:
         raise InternalStepError(where, e) from e
+
+
+def _run_step(step: Step, ctx: StepContext, where: str, tag: str) -> StepRecord:
+    ctx.say(f"{tag} {step.kind}: {step.describe()}")
+    before = _types(ctx.model)
+    t0 = time.perf_counter()
+    with _located(where):
+        figures = step.run(ctx) or {}
     dt = time.perf_counter() - t0
     after = _types(ctx.model)
     changed = sorted(n for n, t in after.items() if n and before.get(n) not in (None, t))
@@ -402,7 +411,10 @@ def run(
         f"measuring {len(measured)} models (accuracy, size{', latency' if recipe.latency and latency is not False else ''})"
     )
     for b in measured:
-        b.figures = summary_figures(b.model, reference, ctx.data, ctx.example, progress=progress)  # type: ignore[arg-type]
+        with _located(f"{file}: measuring {b.label!r}"):
+            b.figures = summary_figures(
+                b.model, reference, ctx.data, ctx.example, progress=progress
+            )  # type: ignore[arg-type]
     if recipe.latency is not None and latency is not False and ctx.example is not None:
         cfg = recipe.latency
         if ctx.data is not None:
@@ -410,7 +422,8 @@ def run(
             timed = repeat_batch(timed, cfg.batch_size)
         else:
             timed = repeat_batch(ctx.example, cfg.batch_size)
-        times = time_models({b.label: b.model for b in measured}, timed, cfg, say=say)  # type: ignore[misc]
+        with _located(f"{file}: timing the models"):
+            times = time_models({b.label: b.model for b in measured}, timed, cfg, say=say)  # type: ignore[misc]
         for b in measured:
             b.figures["latency"] = times[b.label]
     if ctx.data is not None:

@@ -534,11 +534,10 @@ class FinetuneStep(Step):
 
     def describe(self) -> str:
         n = self.epochs or 1
-        amount = (
-            f"{self.steps} steps"
-            if self.epochs is None and self.steps
-            else f"{n} epoch{'s' * (n != 1)}"
-        )
+        if self.epochs is None and self.steps:
+            amount = f"{self.steps} step{'s' * (self.steps != 1)}"
+        else:
+            amount = f"{n} epoch{'s' * (n != 1)}"
         return (
             f"fine-tuned {amount}, {self.optimizer} lr {self.lr:g}, "
             f"{self.scheduler or 'constant'} schedule"
