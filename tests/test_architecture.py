@@ -34,23 +34,7 @@ MAX_LINES = 700
 
 # Violations that the shared-foundations work is removing. A violation not listed here fails; a
 # listed one that no longer occurs fails too (take it off the list). Empty when the house is in order.
-PENDING: set[str] = {
-    "cycle: torchcompress.sparsity._costs <-> torchcompress.sparsity.layers"
-    " <-> torchcompress.sparsity.masking",
-    "cycle: torchcompress.lowrank.config <-> torchcompress.lowrank.methods",
-    "cycle: torchcompress.quant.converting <-> torchcompress.quant.graph"
-    " <-> torchcompress.quant.kernels <-> torchcompress.quant.kmeans <-> torchcompress.quant.ptq"
-    " <-> torchcompress.quant.qat",
-    "size: torchcompress.quant.converting",
-    "size: torchcompress.quant.qat",
-    "tracers",
-    "recorders",
-    "hooks: torchcompress.quant.kmeans",
-    "hooks: torchcompress.quant.ptq",
-    "hooks: torchcompress.quant.qat",
-    "hooks: torchcompress.sparsity.calibration",
-    "hooks: torchcompress.lowrank.calibration",
-}
+PENDING: set[str] = set()
 
 
 def _check(kind: str, found: list[str]) -> None:
@@ -261,11 +245,9 @@ def test_one_tracer_and_one_recorder() -> None:
 
 
 def test_tracer_and_recorder_live_in_tracing() -> None:
-    # until quant moves onto torchcompress.tracing (the "tracers"/"recorders" entries above),
-    # quant is the only other place allowed to define one
     outside = []
     for m, path in MODULES.items():
-        if m == f"{PKG}.tracing" or m.startswith(f"{PKG}.tracing.") or _top(m) == "quant":
+        if m == f"{PKG}.tracing" or m.startswith(f"{PKG}.tracing."):
             continue
         for cls, bases in _class_bases(ast.parse(path.read_text())):
             if any(b.split(".")[-1] in ("Tracer", "TorchFunctionMode") for b in bases):

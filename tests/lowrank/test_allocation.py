@@ -10,15 +10,16 @@ from torch import nn
 
 import torchcompress as tc
 from torchcompress.errors import ConfigError
+from torchcompress.layers import Geometry
 from torchcompress.lowrank import LowRankConfig, allocate, lowrank_report
-from torchcompress.lowrank.modules import LayerGeometry
+from torchcompress.lowrank import functional as F
 from torchcompress.lowrank.rank_rules import LayerSpectrum
 
 
 def _spec(
     name: str, m: int, n: int, decay: float, positions: float | None = None, bias: bool = False
 ):
-    geo = LayerGeometry("linear", m, n, 1, bias, (m, n))
+    geo = Geometry("linear", n, m, bias=bias)
     s = torch.tensor([decay**i for i in range(min(m, n))], dtype=torch.float64)
     return LayerSpectrum(name, geo, s.unsqueeze(0), positions)
 
@@ -42,9 +43,9 @@ def test_budget_is_respected_within_one_step(budget: float, kind: str) -> None:
     for s in layers:
         r = alloc.ranks[s.name]
         per = (
-            s.geometry.params(r)
+            F.params_at(s.geometry, r)
             if kind == "params"
-            else s.positions * s.geometry.macs_per_position(r)
+            else s.positions * F.macs_per_position(s.geometry, r)
         )
         cost += per
     assert cost == pytest.approx(alloc.cost)
@@ -60,7 +61,9 @@ def test_infeasible_budget_is_an_error_not_rank_one_everywhere() -> None:
 
 def test_dense_only_layers_count_in_the_budget_and_are_named() -> None:
     dw = LayerSpectrum(
-        "dw", LayerGeometry("conv2d", 1, 9, 32, True, (32, 1, 3, 3)), torch.ones(32, 1)
+        "dw",
+        Geometry("conv", 32, 32, kernel_size=(3, 3), groups=32, bias=True),
+        torch.ones(32, 1),
     )
     layers = [_spec("a", 16, 16, 0.9), dw]
     with pytest.raises(ConfigError, match=r"cannot be factorized and stay dense.*'dw'"):
@@ -94,10 +97,10 @@ def _brute_force(layers, budget):
         g = s.geometry
         e = (s.singular_values[0] ** 2).double()
         e = e / e.sum()
-        opts = [(g.params(r), float(e[:r].sum())) for r in range(1, g.break_even + 1)]
-        opts.append((g.params(None), 1.0))
+        opts = [(F.params_at(g, r), float(e[:r].sum())) for r in range(1, F.break_even(g) + 1)]
+        opts.append((F.params_at(g, None), 1.0))
         options.append(opts)
-    allowed = budget * sum(s.geometry.params(None) for s in layers)
+    allowed = budget * sum(F.params_at(s.geometry, None) for s in layers)
     best = 0.0
     for combo in itertools.product(*options):
         if sum(c for c, _ in combo) <= allowed:

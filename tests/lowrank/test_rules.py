@@ -8,8 +8,8 @@ from torch import nn
 
 import torchcompress as tc
 from torchcompress.errors import ConfigError
+from torchcompress.layers import Geometry
 from torchcompress.lowrank import LowRankConfig, lowrank_report
-from torchcompress.lowrank.modules import LayerGeometry
 from torchcompress.lowrank.rank_rules import RANK_RULES, LayerSpectrum, RankRule, choose_rank
 
 
@@ -192,6 +192,6 @@ def test_a_new_rule_is_one_small_class() -> None:
     model = _mlp()
     tc.factorize(model, LowRankConfig(rank="third_of_full"))
     assert model[0].rank == 32
-    geo = LayerGeometry("linear", 30, 30, 1, False, (30, 30))
+    geo = Geometry("linear", 30, 30)
     d = choose_rank(ThirdOfFull(), LayerSpectrum("x", geo, torch.ones(1, 30)))
     assert d.rank == 10

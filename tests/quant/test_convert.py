@@ -255,74 +255,6 @@ def test_linear_relu_fusion_in_graph() -> None:
     assert torch.allclose(q(x), m(x), atol=0.1)
 
 
-def test_int_mm_kernel_arithmetic_on_cpu() -> None:
-    """The CUDA path's arithmetic (zero-point correction, row padding), checked with CPU _int_mm."""
-    from torchcompress.quant.kernels import CudaIntMMKernel
-
-    m = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32)).eval()
-    for cfg, data in (
-        (tc.QuantConfig(mode="dynamic"), None),
-        (tc.QuantConfig(mode="dynamic", activation=tc.IntSpec(8, granularity="token")), None),
-        (tc.QuantConfig(), [torch.randn(16, 64)]),
-    ):
-        q, c = _pair(m, cfg, data, graph="layer")
-        k = CudaIntMMKernel(c[0])
-        for rows in (8, 40):
-            x = torch.randn(rows, 64)
-            assert torch.allclose(k(c[0], x, None), q[0](x), atol=1e-5)
-
-
-class _Attention(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.q = nn.Linear(32, 32)
-        self.k = nn.Linear(32, 32)
-        self.v = nn.Linear(32, 16, bias=False)
-        self.o = nn.Linear(32, 32)
-
-    def forward(self, x: torch.Tensor, mem: torch.Tensor | None = None) -> torch.Tensor:
-        kv = x if mem is None else mem  # cross-attention reads another tensor
-        q, k, v = self.q(x), self.k(kv), self.v(kv)
-        a = torch.softmax(q @ k.transpose(-1, -2), -1)
-        return self.o(torch.cat([a @ v, a @ v], -1))
-
-
-def test_sibling_layers_share_one_gemm_exactly() -> None:
-    m = _Attention().eval()
-    for cfg in (
-        tc.QuantConfig(mode="dynamic"),
-        tc.QuantConfig(mode="dynamic", activation=tc.IntSpec(8, granularity="token")),
-    ):
-        q, c = _pair(m, cfg, None)
-        solo = copy.deepcopy(c)  # the same integer layers, run one by one
-        for layer in (solo.q, solo.k, solo.v, solo.o):
-            object.__setattr__(layer, "_siblings", None)
-        group = c.q.__dict__.get("_siblings")
-        assert group is not None and group.members == [c.q, c.k, c.v, c.o]
-        x, mem = torch.randn(2, 5, 32), torch.randn(2, 7, 32)
-        for _ in range(4):
-            assert torch.equal(c(x), solo(x))
-        assert group.members == [c.q, c.k, c.v]  # o reads another tensor: it runs alone now
-        for ctx in (torch.no_grad(), torch.inference_mode()):
-            with ctx:
-                assert torch.equal(c(x), solo(x))
-                assert torch.equal(c(x, mem), solo(x, mem))
-                assert torch.allclose(c(x), q(x), atol=1e-2)
-                # an input changed in place between two members is noticed
-                x2 = x.clone()
-                yq = c.q(x2)
-                x2.mul_(2)
-                assert torch.equal(c.k(x2), solo.k(x2))
-                assert torch.equal(yq, solo.q(x))
-    assert link_siblings_count(c) == 4
-
-
-def link_siblings_count(model: nn.Module) -> int:
-    from torchcompress.quant.converting import link_siblings
-
-    return link_siblings(model)
-
-
 @needs_onednn
 def test_bfloat16_graph_model() -> None:
     m = TinyResNet().eval().to(torch.bfloat16)
@@ -347,3 +279,36 @@ def test_unfused_residual_structure() -> None:
     assert not c.block.conv2.has_accum
     x = torch.randn(5, 3, 8, 8)
     assert (c(x) - q(x)).abs().max() <= 0.05 * (q(x) - m(x)).abs().max() + 1e-4
+
+
+class Volumetric(nn.Module):
+    """A 3-D convolution (no int8 kernel here) between a Conv2d-free stem and a Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(2, 4, 3, padding=1, groups=2)
+        self.fc = nn.Linear(4 * 4 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_every_registered_kind_quantizes_conv3d_included(tmp_path) -> None:
+    """Conv3d is a layer kind of the shared layer model: quantized, converted (dequantized on the
+    fly, saying why), saved and loaded, profiled from its geometry."""
+    torch.manual_seed(0)
+    m = Volumetric().eval()
+    calib = [torch.randn(2, 2, 4, 4, 4) for _ in range(2)]
+    q, c = _pair(m, tc.QuantConfig(), calib)
+    assert type(q.conv).__name__ == "QuantConv3d" and q.conv.geometry.kernel_size == (3, 3, 3)
+    assert isinstance(c.conv, IntLayer) and isinstance(c.conv.kernel, DequantKernel)
+    assert "3-D convolution" in repr(c.conv)
+    x = torch.randn(3, 2, 4, 4, 4)
+    with torch.no_grad():
+        assert torch.allclose(c(x), q(x), atol=1e-4)
+    tc.save(c, tmp_path / "c.safetensors")
+    loaded = tc.load(tmp_path / "c.safetensors", Volumetric().eval())
+    with torch.no_grad():
+        assert torch.equal(loaded(x), c(x))
+    prof = tc.profile(c, x)
+    assert prof["conv"].macs == 3 * 64 * 4 * (2 // 2 * 27)

@@ -155,7 +155,7 @@ def _kl_reference(hist: list[float], levels: int) -> int:
 
 
 def test_kl_matches_reference_loop() -> None:
-    from torchcompress.quant.observers import _kl_best_window
+    from torchcompress.quant.observers.histogram import _kl_best_window
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(20000, generator=g).abs()
@@ -248,3 +248,61 @@ def test_observer_state_is_not_saved() -> None:
     obs.observe(torch.randn(1, 100))
     assert obs.state_dict() == {}
     assert QF.SCALE_EPS > 0
+
+
+def test_a_new_observer_with_options_is_two_small_classes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registered from outside: an observer and its spec; used by name or by spec, saved, loaded."""
+    import copy
+    from dataclasses import dataclass
+
+    import torchcompress as tc
+    from torchcompress.quant.observers import MinMaxObserver, ObserverSpec
+
+    monkeypatch.setattr(OBSERVERS, "_entries", dict(OBSERVERS._entries))
+
+    @dataclass(frozen=True)
+    class Shrunk(ObserverSpec):
+        factor: float = 0.5
+
+    @OBSERVERS.register("shrunk")
+    class ShrunkMinMax(MinMaxObserver):
+        Spec = Shrunk
+
+        def compute_range(self):
+            lo, hi = super().compute_range()
+            return lo * self.spec.factor, hi * self.spec.factor
+
+    assert Shrunk.name == "shrunk"
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4)).eval()
+    x = torch.linspace(-2, 2, 16).reshape(4, 4)
+    q = tc.quantize(copy.deepcopy(model), tc.QuantConfig(observer=Shrunk(0.25)), [x], graph="layer")
+    fq = q[0].input_quant
+    assert isinstance(fq.observer, ShrunkMinMax) and fq.observer_spec == Shrunk(0.25)
+    assert float(fq.scale) == pytest.approx(1.0 / 255)  # [-0.5, 0.5] on 256 levels
+    cfg = tc.QuantConfig(observer="shrunk")
+    assert cfg.observer == Shrunk() and tc.QuantConfig.from_dict(cfg.to_dict()) == cfg
+    import tempfile
+
+    path = tempfile.mkdtemp() + "/m.safetensors"
+    tc.save(q, path)
+    back = tc.load(path, copy.deepcopy(model))
+    assert back[0].input_quant.observer_spec == Shrunk(0.25)
+    assert torch.equal(back(x), q(x))
+
+
+def test_an_observer_without_options_gets_a_spec_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchcompress.quant.observers import MinMax, MinMaxObserver
+
+    monkeypatch.setattr(OBSERVERS, "_entries", dict(OBSERVERS._entries))
+
+    @OBSERVERS.register("halved")
+    class Halved(MinMaxObserver):
+        def compute_range(self):
+            lo, hi = super().compute_range()
+            return lo / 2, hi / 2
+
+    spec = Halved.Spec()
+    assert spec.name == "halved" and isinstance(spec, MinMax) and MinMax.name == "minmax"
+    obs = make_observer("halved", qmin=0, qmax=255, symmetric=False)
+    obs.observe(row(-2.0, 4.0))
+    assert [t.tolist() for t in obs.compute_range()] == [[-1.0], [2.0]]

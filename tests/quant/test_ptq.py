@@ -278,64 +278,6 @@ def _randomize_bn(m: nn.Module) -> None:
             mod.bias.data.copy_(torch.rand(mod.num_features, generator=g) * 0.2)
 
 
-def test_graph_mode_plans_integer_activations() -> None:
-    m = TinyResNet().eval()
-    _randomize_bn(m)
-    x = torch.randn(4, 3, 8, 8)
-    ref = m(x)
-    q = tc.quantize(copy.deepcopy(m), tc.QuantConfig(), [torch.randn(4, 3, 8, 8) for _ in range(3)])
-    names = sorted(q.quant_graph.quantizers.keys())
-    # one input quantizer at the graph input; outputs after stem+relu, conv1+relu and
-    # conv2+add+relu (the block output feeds the max-pool, which passes integers to the head)
-    assert names == ["input_stem", "output_block_conv1", "output_block_conv2", "output_stem"]
-    assert isinstance(q.block.bn1, nn.Identity)  # folded
-    assert q.quant_graph.quantizers["output_stem"].observer.__class__.__name__ == "MinMaxObserver"
-    # the output quantizer after a ReLU has a zero point of 0 (the ReLU is exact on integers)
-    assert int(q.quant_graph.quantizers["output_stem"].zero_point) == 0
-    y = q(x)
-    assert (y - ref).abs().max() < 0.1 * ref.abs().max()
-
-
-def test_graph_mode_matches_manual_simulation() -> None:
-    m = TinyResNet().eval()
-    q = tc.quantize(copy.deepcopy(m), tc.QuantConfig(), [torch.randn(4, 3, 8, 8) for _ in range(2)])
-    qs = q.quant_graph.quantizers
-    x = torch.randn(2, 3, 8, 8)
-
-    def fq(name: str, t: torch.Tensor) -> torch.Tensor:
-        f = qs[name]
-        return QF.fake_quantize(t, f.scale, f.zero_point, f.quant_min, f.quant_max)
-
-    h = fq("output_stem", F.relu(q.stem._op(fq("input_stem", x), q.stem.quantized_weight())))
-    b = q.block
-    o = fq("output_block_conv1", F.relu(b.conv1._op(h, b.conv1.quantized_weight())))
-    o = fq("output_block_conv2", F.relu(b.conv2._op(o, b.conv2.quantized_weight()) + h))
-    o = F.max_pool2d(o, 2)
-    ref = q.head._op(torch.flatten(o, 1), q.head.quantized_weight())
-    # the head's input is already on the grid of output_block_conv2: no second quantizer
-    assert torch.allclose(q(x), ref, atol=1e-5)
-
-
-def test_graph_mode_keeps_untraceable_blocks_opaque() -> None:
-    class Outer(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = Untraceable()
-            self.fc = nn.Linear(4, 3)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.fc(torch.relu(self.inner(x)))
-
-    m = Outer().eval()
-    q = tc.quantize(m, tc.QuantConfig(), [torch.randn(4, 8) for _ in range(2)])
-    assert q.quant_graph.leaf_names == ["inner"]
-    assert q.inner.fc1.input_quant is not None  # layer by layer inside the opaque block
-    assert "input_fc" in q.quant_graph.quantizers
-    c = tc.convert(copy.deepcopy(q))
-    x = torch.randn(3, 8)
-    assert torch.allclose(c(x), q(x), atol=1e-3)
-
-
 def test_one_shot_iterator_calibration() -> None:
     m = TinyResNet().eval()
     batches = (torch.randn(2, 3, 8, 8) for _ in range(2))  # a generator: iterated once

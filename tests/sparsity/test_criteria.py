@@ -9,9 +9,9 @@ from torch import nn
 
 import torchcompress as tc
 from torchcompress.errors import CalibrationError, DataError
+from torchcompress.layers import conv_input_sq, layer_kind
 from torchcompress.sparsity.calibration import Target, collect_statistics, split_batch
 from torchcompress.sparsity.criteria import CRITERIA, LayerStats
-from torchcompress.sparsity.layers import conv_input_sq, layer_kind
 from torchcompress.sparsity.masking import apply_mask
 
 

@@ -14,7 +14,7 @@ from torch import nn
 import torchcompress as tc
 from torchcompress.costs import lookup_cost
 from torchcompress.errors import CompressionStateError, DependencyError, SelectionError
-from torchcompress.sparsity._costs import masked_cost
+from torchcompress.sparsity.costs import masked_cost
 from torchcompress.sparsity.masking import get_mask, is_masked
 
 from .conftest import TinyCNN

@@ -5,12 +5,13 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import tempfile
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 
 import torchcompress as tc
@@ -18,6 +19,7 @@ from torchcompress.errors import ConfigError, DataError
 from torchcompress.sparsity import GradualPruning, SparsitySchedule
 from torchcompress.sparsity.masking import get_mask
 
+ROOT = Path(__file__).resolve().parents[2]
 KINDS = ["constant", "linear", "cubic", "exponential", "cosine"]
 
 
@@ -157,73 +159,32 @@ def test_gradual_prune_with_finetune(mlp: nn.Module, mlp_data: list) -> None:
 # --- torchrun / DDP: identical masks on every rank ----------------------------------------------
 
 
-def _model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-
-
-def _rank_data(rank: int) -> list:
-    g = torch.Generator().manual_seed(100 + rank)
-    return [
-        (torch.randn(4, 8, generator=g), torch.randint(0, 4, (4,), generator=g)) for _ in range(2)
-    ]
-
-
-def _worker(rank: int, world: int, init: str, out: str) -> None:
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
-        results = {}
-        for crit in ("taylor", "wanda", "fisher", "random"):
-            m = _model()
-            tc.prune(
-                m, tc.PruneConfig(sparsity=0.5, criterion=crit, scope="global"), _rank_data(rank)
-            )
-            results[crit] = [get_mask(m[0]).clone(), get_mask(m[2]).clone()]
-        # gradual pruning inside a DDP training loop
-        m = _model()
-        ddp = nn.parallel.DistributedDataParallel(m)
-        cb = GradualPruning(
-            SparsitySchedule("linear", final=0.6, end_step=4, frequency=2),
-            tc.PruneConfig(criterion="taylor"),
-            data=_rank_data(rank),
-        )
-        opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
-        state = SimpleNamespace(model=ddp, total_steps=4)
-        cb.on_train_begin(state)
-        for x, y in _rank_data(rank) * 2:
-            opt.zero_grad()
-            nn.functional.cross_entropy(ddp(x), y).backward()
-            opt.step()
-            cb.on_step_end(state)
-        results["gradual"] = [get_mask(m[0]).clone(), get_mask(m[2]).clone()]
-        gathered: list = [None] * world
-        torch.distributed.all_gather_object(gathered, results)
-        if rank == 0:
-            torch.save(gathered, out)
-    finally:
-        torch.distributed.destroy_process_group()
-
-
 @pytest.mark.slow
-def test_masks_identical_across_ranks_and_equal_to_pooled_data() -> None:
-    d = tempfile.mkdtemp()
-    out = os.path.join(d, "masks.pt")
-    init = "file://" + os.path.join(d, "rendezvous")
-    # fork (Linux): the workers reuse the imported modules instead of importing torch again
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(_worker, args=(2, init, out), nprocs=2, join=True, start_method=method)
-    gathered = torch.load(out)
+def test_masks_identical_across_ranks_and_equal_to_pooled_data(tmp_path: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    worker_script = ROOT / "tests" / "sparsity" / "_ddp_worker.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += [str(worker_script), str(tmp_path / "masks.pt")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    gathered = torch.load(tmp_path / "masks.pt")
     for key in gathered[0]:
         for a, b in zip(gathered[0][key], gathered[1][key]):
             assert torch.equal(a, b), key
+    sys.path.insert(0, str(worker_script.parent))
+    try:
+        import _ddp_worker as worker
+    finally:
+        sys.path.pop(0)
     # all-reduced statistics: the same masks as one process scoring both ranks' data
     for crit in ("taylor", "wanda", "fisher"):
-        m = _model()
+        m = worker.model()
         tc.prune(
             m,
             tc.PruneConfig(sparsity=0.5, criterion=crit, scope="global"),
-            _rank_data(0) + _rank_data(1),
+            worker.rank_data(0) + worker.rank_data(1),
         )
         assert torch.equal(get_mask(m[0]), gathered[0][crit][0]), crit
         assert torch.equal(get_mask(m[2]), gathered[0][crit][1]), crit

@@ -19,10 +19,10 @@ than the largest single step (one rank of one layer). A budget below the cheapes
 
 Example:
     >>> import torch
+    >>> from torchcompress.layers import Geometry
     >>> from torchcompress.lowrank.allocation import allocate
-    >>> from torchcompress.lowrank.modules import LayerGeometry
     >>> from torchcompress.lowrank.rank_rules import LayerSpectrum
-    >>> geo = LayerGeometry("linear", 64, 64, 1, False, (64, 64))
+    >>> geo = Geometry("linear", 64, 64)
     >>> peaked = LayerSpectrum("a", geo, torch.logspace(0, -3, 64).unsqueeze(0))
     >>> flat = LayerSpectrum("b", geo, torch.ones(1, 64))
     >>> alloc = allocate([peaked, flat], budget=0.5)
@@ -36,13 +36,15 @@ import heapq
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from ..errors import ConfigError
-from .rank_rules import LayerSpectrum, round_rank
+from ..errors import ConfigError, check_choice
+from . import functional as F
+from .rank_rules import RANK_RULES, Decision, LayerSpectrum, RankRule, round_rank
 
-__all__ = ["Allocation", "allocate"]
+__all__ = ["Allocation", "AutoRank", "allocate"]
 
 
 @dataclass
@@ -126,7 +128,7 @@ def _layer(
         lay.r_max = 0
         lay.reason = (
             "this layer cannot be factorized more cheaply (break-even rank 0)"
-            if g.break_even == 0
+            if F.break_even(g) == 0
             else f"no rank >= min_rank={lay.r_min} (step {step}) is cheaper than dense"
         )
     return lay
@@ -236,3 +238,87 @@ def allocate(
         budget_cost=allowed,
         kind=kind,
     )
+
+
+@RANK_RULES.register("auto")
+class AutoRank(RankRule):
+    """``rank="auto"``: one global allocation (:func:`allocate`) under a params or FLOPs budget.
+
+    Args:
+        value: unused (the target is ``budget``).
+        budget: the fraction in (0, 1] of the targeted layers' dense cost to keep.
+        kind: ``"params"`` or ``"flops"`` (MACs at the calibration input sizes).
+        objective: ``"energy"`` or ``"error"`` (see :func:`allocate`).
+    """
+
+    per_layer = False
+    rounding = "down"
+    data_reason = "budget_kind='flops' counts MACs at each layer's input size (one batch is enough)"
+
+    def __init__(
+        self,
+        value: float | int | None = None,
+        *,
+        budget: float = 1.0,
+        kind: str = "params",
+        objective: str = "energy",
+    ) -> None:
+        super().__init__(value)
+        self.budget, self.kind, self.objective = budget, kind, objective
+        self.counts = kind  # type: ignore[misc]
+
+    @classmethod
+    def from_config(cls, config: Any) -> AutoRank:
+        return cls(budget=float(config.budget), kind=config.budget_kind, objective=config.objective)
+
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        owner = type(config).__name__
+        if config.budget is None:
+            raise ConfigError(
+                f"{owner}(rank='auto') needs budget=, the fraction of the targeted layers' "
+                f"dense {config.budget_kind} to keep, e.g. budget=0.6."
+            )
+        if config.value is not None:
+            raise ConfigError(
+                f"{owner}(rank='auto') takes its target from budget=, not value= "
+                f"(got value={config.value!r})."
+            )
+        check_choice("budget_kind", config.budget_kind, ("params", "flops"), owner=owner)
+
+    @property
+    def needs_data(self) -> bool:
+        return self.kind == "flops"
+
+    def describe(self) -> str:
+        return f"auto: {self.kind} budget {self.budget:g}x ({self.objective})"
+
+    def decide(self, layer: LayerSpectrum, **options: Any) -> Decision:
+        return self.decide_all([layer], **options)[layer.name]
+
+    def decide_all(
+        self,
+        layers: Sequence[LayerSpectrum],
+        *,
+        min_rank: int = 1,
+        round_to: int = 1,
+        min_features: int = 0,
+        min_saving: float = 0.0,
+        keep_dense: Mapping[str, str] | None = None,
+    ) -> dict[str, Decision]:
+        alloc = allocate(
+            layers,
+            self.budget,
+            kind=self.kind,
+            objective=self.objective,
+            min_rank=min_rank,
+            round_to=round_to,
+            min_features=min_features,
+            min_saving=min_saving,
+            keep_dense=keep_dense,
+        )
+        keep = dict(keep_dense or {})
+        return {
+            name: Decision(r, keep.get(name) or alloc.reasons.get(name, ""))
+            for name, r in alloc.ranks.items()
+        }

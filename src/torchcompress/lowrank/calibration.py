@@ -1,120 +1,43 @@
-"""Activation statistics of the targeted layers, accumulated in bounded memory over ``calib_data``.
+"""Activation statistics of the layers to factorize, through the calibration engine.
 
-For each layer, forward hooks accumulate, on the model's device and in float64:
+The factorization methods name the statistics they need (``"xtx"``: the second moment
+``E[x x^T]`` per group, float64, for the whitened method; ``"abs_mean"``: ``E|x|`` per input feature
+for ASVD). :func:`collect_stats` asks :func:`torchcompress.calibration.collect` for them, and for
+every layer also counts the output positions it computed (tokens, or samples x pixels), so MACs are
+counted at the layer's real input size. Rows are the inputs a layer's weight matrix multiplies:
+the last dimension of a Linear's input, the patches of a convolution (honouring stride, padding,
+padding mode and dilation), taken in bounded chunks; memory per layer is ``groups * n^2`` floats
+for the second moment, whatever the amount of data.
 
-- ``sum x x^T`` per group (``n x n``; the whitened method's second moment), and/or
-- ``sum |x|`` per input feature (ASVD's scaling),
-- the number of rows and the output positions per batch (so MACs are counted at the layer's real
-  input size).
+A factorized layer (retruncation) is counted through its ``second`` factor, which computes every
+output position of the layer.
 
-Rows are the inputs a layer's weight matrix multiplies: the last dimension of a Linear's input, the
-unfolded patches of a convolution (honouring stride, padding, padding mode and dilation). Memory per
-layer is ``groups * n^2`` floats for the second moment, whatever the amount of data; each batch is
-processed in chunks of at most ``CHUNK_ELEMENTS`` patch values, so a big input never materialises
-its whole unfolded matrix at once.
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from torchcompress.lowrank.calibration import collect_stats
+    >>> model = nn.Sequential(nn.Linear(8, 4))
+    >>> stats, batches = collect_stats(model, {"0": model[0]}, torch.randn(5, 8), needs=["xtx"])
+    >>> stats["0"]["xtx"].shape, stats["0"].rows, batches
+    (torch.Size([1, 8, 8]), 5, 1)
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from ..batches import count_batches, iter_batches, run_model
-from ..errors import CalibrationError, NumericalError
-from ..progress import progress_bar
-from . import functional as F
-from .modules import LayerGeometry, geometry
+from ..calibration import LayerStats, collect
+from .modules import LowRankModule
 
-__all__ = ["CHUNK_ELEMENTS", "LayerStats", "collect_stats"]
-
-log = logging.getLogger(__name__)
-
-#: Largest number of patch values (rows x columns) turned into float64 at once.
-CHUNK_ELEMENTS = 1 << 23
-
-
-@dataclass
-class LayerStats:
-    """Accumulated input statistics of one layer.
-
-    Attributes:
-        geometry: the layer's matrix shape.
-        needs: which statistics are collected.
-        rows: input rows seen (tokens, or output positions times samples for convs).
-        positions: output positions summed over every call (for MACs).
-        calls: forward calls seen.
-    """
-
-    geometry: LayerGeometry
-    needs: frozenset[str]
-    rows: int = 0
-    positions: int = 0
-    calls: int = 0
-    _xtx: Tensor | None = field(default=None, repr=False)
-    _abs: Tensor | None = field(default=None, repr=False)
-
-    def update(self, module: nn.Module, x: Tensor, output: Tensor) -> None:
-        """Add one forward call's input ``x`` (and count the positions of ``output``)."""
-        g = self.geometry
-        self.calls += 1
-        self.positions += int(output.numel() // (g.m * g.groups))
-        if not self.needs:
-            return
-        x = x.detach()
-        if g.kind in ("linear", "hf_conv1d"):
-            rows = x.reshape(-1, g.n)
-            step = max(1, CHUNK_ELEMENTS // max(1, g.n))
-            for i in range(0, rows.shape[0], step):
-                self._add_rows(rows[i : i + step])
-            return
-        # convolution: unfold a few samples at a time
-        per_sample = max(1, int(output[0].numel() // (g.m * g.groups))) * g.n * g.groups
-        step = max(1, CHUNK_ELEMENTS // per_sample)
-        for i in range(0, x.shape[0], step):
-            self._add_rows(F.conv_patches(x[i : i + step], module))
-
-    def _add_rows(self, rows: Tensor) -> None:
-        g = self.geometry
-        rows = rows.to(torch.float64)
-        self.rows += rows.shape[0]
-        grouped = rows.reshape(rows.shape[0], g.groups, g.n).transpose(0, 1)  # (g, R, n)
-        if "second_moment" in self.needs:
-            xtx = grouped.transpose(1, 2) @ grouped
-            self._xtx = xtx if self._xtx is None else self._xtx.add_(xtx)
-        if "abs_mean" in self.needs:
-            s = grouped.abs().sum(1)
-            self._abs = s if self._abs is None else self._abs.add_(s)
-
-    def second_moment(self) -> Tensor:
-        """``E[x x^T]`` per group, ``(groups, n, n)`` float64."""
-        if self._xtx is None or self.rows == 0:
-            raise CalibrationError("no second-moment statistics were collected for this layer")
-        return self._xtx / self.rows
-
-    def abs_mean(self) -> Tensor:
-        """``E|x|`` per group and input feature, ``(groups, n)`` float64."""
-        if self._abs is None or self.rows == 0:
-            raise CalibrationError("no activation statistics were collected for this layer")
-        return self._abs / self.rows
-
-    def check_finite(self, name: str) -> None:
-        """Raise :class:`NumericalError` naming the layer if a statistic is NaN/Inf."""
-        for t in (self._xtx, self._abs):
-            if t is not None and not torch.isfinite(t).all():
-                raise NumericalError(
-                    f"The inputs of layer {name!r} hold NaN or Inf values during calibration; "
-                    "check the model and calib_data (e.g. fp16 overflow)."
-                )
+__all__ = ["collect_stats"]
 
 
 def collect_stats(
     model: nn.Module,
-    targets: dict[str, nn.Module],
+    targets: Mapping[str, nn.Module],
     calib_data: Any,
     *,
     needs: Iterable[str] | Mapping[str, Iterable[str]] = (),
@@ -126,10 +49,10 @@ def collect_stats(
 
     Args:
         model: the model (its mode is restored afterwards).
-        targets: qualified name -> dense layer.
+        targets: qualified name -> dense or factorized layer.
         calib_data: any iterable of batches (see :mod:`torchcompress.batches`).
-        needs: statistics to collect (``"second_moment"``, ``"abs_mean"``; none: only sizes), for
-            every target or per target name.
+        needs: statistic names to collect (none: only calls and output positions), for every
+            target or per target name.
         max_batches: stop after this many batches.
         progress: show a progress bar (``None``: when interactive).
         require_all: raise if a target never ran (else its ``calls`` stays 0).
@@ -143,55 +66,22 @@ def collect_stats(
         NumericalError: NaN/Inf activations.
     """
     if isinstance(needs, Mapping):
-        per = {name: frozenset(needs.get(name, ())) for name in targets}
+        per = {name: sorted(needs.get(name, ())) for name in targets}
     else:
-        common = frozenset(needs)
+        common = sorted(needs)
         per = dict.fromkeys(targets, common)
-    stats = {name: LayerStats(geometry(m), per[name]) for name, m in targets.items()}
-    device = next(iter([*model.parameters(), *model.buffers()]), torch.empty(0)).device
-    handles = []
-
-    def make_hook(name: str):  # type: ignore[no-untyped-def]
-        st = stats[name]
-
-        def hook(
-            module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
-        ) -> None:
-            x = args[0] if args else next(iter(kwargs.values()), None)
-            if isinstance(x, Tensor) and isinstance(output, Tensor):
-                st.update(module, x, output)
-
-        return hook
-
-    was_training = {m: m.training for m in model.modules()}
-    n_batches = 0
-    try:
-        for name, module in targets.items():
-            handles.append(module.register_forward_hook(make_hook(name), with_kwargs=True))
-        model.eval()
-        total = count_batches(calib_data)
-        if max_batches is not None and total is not None:
-            total = min(total, max_batches)
-        batches = iter_batches(
-            calib_data, max_batches=max_batches, device=device, what="calib_data"
-        )
-        with torch.no_grad():
-            for i, batch in enumerate(
-                progress_bar(batches, desc="low-rank calibration", total=total, enabled=progress)
-            ):
-                run_model(model, batch, index=i, what="calib_data")
-                n_batches += 1
-    finally:
-        for h in handles:
-            h.remove()
-        for m, t in was_training.items():
-            m.training = t
-    for name, st in stats.items():
-        if st.calls == 0 and (require_all or st.needs):
-            raise CalibrationError(
-                f"Layer {name!r} was never run by calib_data, so it has no activation statistics. "
-                "Exclude it (exclude=[...]) or pass data that reaches it."
-            )
-        st.check_finite(name)
-    log.debug("collected low-rank statistics of %d layers over %d batches", len(stats), n_batches)
-    return stats, n_batches
+    # a factorized layer is observed through its ``second`` factor (same output positions)
+    observed = {
+        name: f"{name}.second" if isinstance(mod, LowRankModule) else name
+        for name, mod in targets.items()
+    }
+    stats = collect(
+        model,
+        calib_data,
+        {observed[name]: per[name] for name in targets},
+        max_batches=max_batches,
+        progress=progress,
+        desc="low-rank calibration",
+        require_all=require_all or any(per.values()),
+    )
+    return {name: stats[observed[name]] for name in targets}, stats.batches

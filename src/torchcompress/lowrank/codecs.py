@@ -5,9 +5,10 @@ Importing :mod:`torchcompress.lowrank` registers:
 - an :class:`~torchcompress.io.ModuleCodec` per factorized layer type, so :func:`torchcompress.save`
   records each layer's shape and rank and :func:`torchcompress.load` rebuilds it in a fresh model
   before loading the tensors (the factors are plain parameters of the ``first``/``second`` children);
-- a :func:`~torchcompress.costs.register_cost` function per type, so :func:`torchcompress.profile`
-  counts a factorized layer at its real cost: ``r*(in+out)`` MACs per token for a Linear,
-  ``groups*r*(out/g + in/g*k*k)`` per output position for a convolution, and the params it holds.
+- a :func:`~torchcompress.costs.register_cost` function, so :func:`torchcompress.profile` counts a
+  factorized layer at its real cost, from the :class:`~torchcompress.layers.Geometry` of the dense
+  map it represents: ``r*(in+out)`` MACs per token for a Linear, ``groups*r*(out/g + in/g*k*k)``
+  per output position for a convolution, and the params it holds.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 from ..costs import LayerCost, register_cost
 from ..io import ModuleCodec, register_codec
 from ..select import module_device_dtype
+from . import functional as F
 from .modules import LowRankConv1d, LowRankConv2d, LowRankLinear, LowRankModule, _LowRankConvNd
 
 __all__ = ["LowRankConvCodec", "LowRankLinearCodec"]
@@ -90,37 +92,20 @@ def _params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-@register_cost(LowRankLinear)
-def _lowrank_linear_cost(
+@register_cost(LowRankLinear, LowRankConv1d, LowRankConv2d)
+def _lowrank_cost(
     module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
 ) -> LayerCost:
-    m: LowRankLinear = module  # type: ignore[assignment]
-    x = args[0] if args else next(iter(kwargs.values()))
-    tokens = x.numel() // m.in_features
-    macs = tokens * m.rank * (m.in_features + m.out_features)
-    dense = m.in_features * m.out_features
+    """``groups * r * (m + n)`` MACs per output position of the dense map the layer represents."""
+    m: LowRankModule = module  # type: ignore[assignment]
+    geo = m.dense_geometry()
+    per_position = F.macs_per_position(geo, m.rank)
+    g = geo.groups
     return LayerCost(
-        macs=macs,
+        macs=geo.output_positions(output) * per_position,
         params=_params(m),
-        note=f"low-rank r={m.rank} ({m.rank * (m.in_features + m.out_features) / dense:.2f}x dense MACs)",
-        counts_children=True,
-    )
-
-
-@register_cost(LowRankConv1d, LowRankConv2d)
-def _lowrank_conv_cost(
-    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
-) -> LayerCost:
-    m: _LowRankConvNd = module  # type: ignore[assignment]
-    positions = output.numel() // m.out_channels
-    g = m.groups
-    n_g = (m.in_channels // g) * int(m.first.weight[0, 0].numel())
-    m_g = m.out_channels // g
-    per_pos = g * m.rank * (n_g + m_g)
-    return LayerCost(
-        macs=positions * per_pos,
-        params=_params(m),
-        note=f"low-rank r={m.rank}{f'/group (g={g})' if g > 1 else ''} ({per_pos / (g * m_g * n_g):.2f}x dense MACs)",
+        note=f"low-rank r={m.rank}{f'/group (g={g})' if g > 1 else ''} "
+        f"({per_position / geo.macs(1):.2f}x dense MACs)",
         counts_children=True,
     )
 

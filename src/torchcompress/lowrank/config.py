@@ -123,34 +123,35 @@ class LowRankConfig(Config):
         """The rule's target (the rank, the ratio, the energy); ``None`` for ``"auto"``."""
         if isinstance(self.rank, int | float) and not isinstance(self.rank, bool):
             return self.rank
-        if self.rank == "auto":
-            return None
         if self.value is not None:
             return self.value
         from .rank_rules import RANK_RULES
 
         return RANK_RULES.get(self.rank).default_value
 
+    def rule(self) -> Any:
+        """The :class:`~torchcompress.lowrank.RankRule` this config asks for (an instance)."""
+        from .rank_rules import RANK_RULES
+
+        return RANK_RULES.get(self.rule_name).from_config(self)
+
     @property
     def is_auto(self) -> bool:
-        """Whether this config asks for the global allocation."""
-        return self.rank == "auto"
+        """Whether this config asks for a global allocation across layers (``rank="auto"``)."""
+        from .rank_rules import RANK_RULES
+
+        return not RANK_RULES.get(self.rule_name).per_layer
 
     @property
     def needs_data(self) -> bool:
         """Whether :func:`~torchcompress.factorize` needs ``calib_data`` for this config."""
         from .methods import METHODS
 
-        if METHODS.get(self.method).needs_data():
-            return True
-        return self.is_auto and self.budget_kind == "flops"
+        return bool(METHODS.get(self.method).needs) or self.rule().needs_data
 
     def describe(self) -> str:
         """A short human description of the rule (used in reports)."""
-        if self.is_auto:
-            return f"auto: {self.budget_kind} budget {self.budget:g}x ({self.objective}), {self.method}"
-        v = self.rule_value
-        return f"{self.rule_name}={v:g}, {self.method}" if v is not None else self.rule_name
+        return f"{self.rule().describe()}, {self.method}"
 
     # -- validation -------------------------------------------------------------------------
 
@@ -186,26 +187,11 @@ class LowRankConfig(Config):
                 raise ConfigError(
                     f"{_OWNER}: rank={r} is a rank ratio; value={self.value!r} has no meaning with it."
                 )
-        elif r == "auto":
-            if self.budget is None:
-                raise ConfigError(
-                    f"{_OWNER}(rank='auto') needs budget=, the fraction of the targeted layers' "
-                    f"dense {self.budget_kind} to keep, e.g. budget=0.6."
-                )
-            if self.value is not None:
-                raise ConfigError(
-                    f"{_OWNER}(rank='auto') takes its target from budget=, not value= "
-                    f"(got value={self.value!r})."
-                )
         else:
-            if r not in RANK_RULES:
-                check_choice("rank", r, ["auto", *RANK_RULES.names()], owner=_OWNER)
-            RANK_RULES.get(r).check_value(self.rule_value, owner=_OWNER)
-        if r != "auto" and self.budget is not None:
-            raise ConfigError(
-                f"{_OWNER}.budget={self.budget!r} is only used with rank='auto' (got rank={r!r}). "
-                "For a per-layer params budget use rank='params_ratio', value=..."
-            )
+            check_choice("rank", r, RANK_RULES.names(), owner=_OWNER)
+            RANK_RULES.get(r).check_config(self)
+        if not isinstance(r, str) and self.budget is not None:
+            RANK_RULES.get(self.rule_name).check_config(self)  # budget= without rank='auto'
         if self.budget is not None:
             check_range("budget", self.budget, 0.0, 1.0, low_inclusive=False, owner=_OWNER)
         check_choice("method", self.method, METHODS.names(), owner=_OWNER)

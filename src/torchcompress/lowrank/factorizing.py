@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import io
+from ..calibration import LayerStats
 from ..errors import (
     CompressionStateError,
     ConfigError,
@@ -20,22 +21,15 @@ from ..errors import (
     SelectionError,
     UnsupportedModuleError,
 )
+from ..layers import Geometry
 from ..progress import progress_bar
 from ..select import read_by_parent, replace_modules, select_modules
 from . import functional as F
-from .allocation import allocate
-from .calibration import LayerStats, collect_stats
+from .calibration import collect_stats
 from .config import LowRankConfig
-from .methods import get_method
-from .modules import (
-    LayerGeometry,
-    LowRankModule,
-    build_lowrank,
-    dense_matrices,
-    geometry,
-    supported_dense_types,
-)
-from .rank_rules import RANK_RULES, Decision, LayerSpectrum, choose_rank, round_rank
+from .methods import METHODS, FactorizationMethod, get_method
+from .modules import LowRankModule, build_lowrank, dense_geometry, dense_matrices, factorizable
+from .rank_rules import Decision, LayerSpectrum, RankRule, round_rank
 from .report import LayerReport, LowRankReport, set_report
 
 __all__ = ["factorize", "merge_lowrank", "retruncate"]
@@ -77,12 +71,14 @@ def _select_dense(
                 f"Module {name!r} belongs to an nn.MultiheadAttention, which multiplies by its weight "
                 "directly (not through the Linear), so it cannot be factorized. Remove it from include=."
             )
+    # the classes in the model with a factorized form (Linear-like layers, 1-D/2-D convolutions)
+    types = tuple({type(m): None for m in model.modules() if factorizable(m)})
     targets = select_modules(
         model,
         include,
         exclude,
-        types=supported_dense_types(),
-        predicate=lambda n, m: n not in mha and getattr(m, "weight", None) is not None,
+        types=types,
+        predicate=lambda n, m: n not in mha and factorizable(m),
         skip_types=(LowRankModule,),
         family=_FAMILY,
     )
@@ -98,7 +94,7 @@ def _select_dense(
 class _Work:
     name: str
     module: nn.Module
-    geo: LayerGeometry
+    geo: Geometry
     stats: LayerStats | None = None
     positions: float | None = None
     dense_reason: str = ""  # non-empty: stays dense without a decomposition
@@ -108,24 +104,22 @@ class _Work:
     new: nn.Module | None = None
 
 
-def _work_dtype(weight: Tensor, method: str) -> torch.dtype:
-    if method != "svd" or weight.dtype == torch.float64:
-        return torch.float64
-    return torch.float32
-
-
-def _transformed(w: _Work, cfg: LowRankConfig) -> Tensor:
+def _transformed(w: _Work, cfg: LowRankConfig, method: FactorizationMethod) -> Tensor:
     W = dense_matrices(w.module)
-    W = W.to(_work_dtype(W, cfg.method))
+    W = W.to(method.work_dtype(W))
     if w.transform is None:
-        w.transform = get_method(cfg.method).transform(w.stats, cfg)
+        w.transform = method.transform(w.stats, cfg)
     return w.transform.right(W)
 
 
 def _factor(
-    w: _Work, rank: int, cfg: LowRankConfig, svd: tuple[Tensor, Tensor, Tensor] | None = None
+    w: _Work,
+    rank: int,
+    cfg: LowRankConfig,
+    method: FactorizationMethod,
+    svd: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> nn.Module:
-    U, s, Vh = svd if svd is not None else F.svd(_transformed(w, cfg))
+    U, s, Vh = svd if svd is not None else F.svd(_transformed(w, cfg, method))
     first, second = F.split_factors(U, s, Vh, rank)
     first = w.transform.unright(first)
     if not (torch.isfinite(first).all() and torch.isfinite(second).all()):
@@ -133,6 +127,51 @@ def _factor(
             f"The factors of layer {w.name!r} are not finite; raise damping= or use method='svd'."
         )
     return build_lowrank(w.module, first, second)
+
+
+def _decide(
+    works: list[_Work],
+    cfg: LowRankConfig,
+    method: FactorizationMethod,
+    rule: RankRule,
+    progress: bool | None,
+) -> None:
+    """Each layer's rank (``w.decision``) and factorized replacement (``w.new``)."""
+    opts = {
+        "min_rank": cfg.min_rank,
+        "round_to": cfg.round_to,
+        "min_features": cfg.min_features,
+        "min_saving": cfg.min_saving,
+    }
+    live = [w for w in works if not w.dense_reason]
+    for w in works:
+        if w.dense_reason:
+            w.decision = Decision(None, w.dense_reason)
+    if rule.per_layer:  # one layer at a time: one SVD, kept only while that layer is cut
+        for w in progress_bar(live, desc="low-rank SVD", enabled=progress):
+            U, s, Vh = F.svd(_transformed(w, cfg, method))
+            w.spectrum = LayerSpectrum(w.name, w.geo, s.detach().cpu(), w.positions)
+            w.decision = rule.decide(w.spectrum, **opts)
+            if w.decision.rank is not None:
+                w.new = _factor(w, w.decision.rank, cfg, method, (U, s, Vh))
+        return
+    # a global rule sees every spectrum (singular values only) before deciding
+    for w in progress_bar(live, desc="low-rank spectra", enabled=progress):
+        s = F.svdvals(_transformed(w, cfg, method))
+        w.spectrum = LayerSpectrum(w.name, w.geo, s.cpu(), w.positions)
+    specs = [
+        w.spectrum
+        if w.spectrum is not None
+        else LayerSpectrum(w.name, w.geo, torch.zeros(1, F.full_rank(w.geo)), w.positions)
+        for w in works
+    ]
+    keep = {w.name: w.dense_reason for w in works if w.dense_reason}
+    decisions = rule.decide_all(specs, keep_dense=keep, **opts)
+    for w in works:
+        w.decision = decisions[w.name]
+    todo = [w for w in live if w.decision is not None and w.decision.rank is not None]
+    for w in progress_bar(todo, desc="low-rank SVD", enabled=progress):
+        w.new = _factor(w, w.decision.rank, cfg, method)  # type: ignore[union-attr,arg-type]
 
 
 def factorize(
@@ -196,29 +235,28 @@ def factorize(
     """
     cfg = _as_config(config)
     method = get_method(cfg.method)
+    rule = cfg.rule()
     targets = _select_dense(model, include, exclude)
     owners = _tied_weights(model)
-    step = cfg.round_to
-    r_floor = round_rank(cfg.min_rank, step, "up")
+    r_floor = round_rank(cfg.min_rank, cfg.round_to, "up")
 
     works: list[_Work] = []
     for name, mod in targets:
-        geo = geometry(mod)
+        geo = dense_geometry(mod, name)
         w = _Work(name, mod, geo)
         shared = [o for o in owners.get(id(mod.weight), []) if o != name]
+        small = min(geo.m, geo.n)
         if shared:
             w.dense_reason = (
                 f"weight is tied to {shared[0]!r}; factorizing would add params, not remove them"
             )
-        elif min(geo.m, geo.n) < cfg.min_features:
-            w.dense_reason = (
-                f"smaller than min_features={cfg.min_features} (min(out, in)={min(geo.m, geo.n)})"
-            )
-        elif geo.break_even < r_floor:
+        elif small < cfg.min_features:
+            w.dense_reason = f"smaller than min_features={cfg.min_features} (min(out, in)={small})"
+        elif F.break_even(geo) < r_floor:
             w.dense_reason = (
                 "this layer cannot be factorized more cheaply (break-even rank 0)"
-                if geo.break_even == 0
-                else f"break-even rank {geo.break_even} < min_rank {r_floor}: cannot save"
+                if F.break_even(geo) == 0
+                else f"break-even rank {F.break_even(geo)} < min_rank {r_floor}: cannot save"
             )
         works.append(w)
 
@@ -227,7 +265,7 @@ def factorize(
         why = (
             f"method={cfg.method!r} computes its factors from activation statistics"
             if needs_stats
-            else "budget_kind='flops' counts MACs at each layer's input size (one batch is enough)"
+            else rule.data_reason
         )
         raise DataError(
             f"factorize: {why}, so it needs calib_data= (a DataLoader, a tensor or any iterable of "
@@ -237,70 +275,24 @@ def factorize(
     t0 = time.perf_counter()
     n_batches = 0
     if calib_data is not None:
-        stat_targets = {w.name: w.module for w in works}
         needs = {w.name: (method.needs if not w.dense_reason else frozenset()) for w in works}
         stats, n_batches = collect_stats(
             model,
-            stat_targets,
+            {w.name: w.module for w in works},
             calib_data,
             needs=needs,
             max_batches=cfg.max_batches if needs_stats else 1,
             progress=progress,
-            require_all=needs_stats or (cfg.budget_kind == "flops" and cfg.is_auto),
+            require_all=needs_stats or rule.needs_data,
         )
         for w in works:
             st = stats[w.name]
             w.stats = st
-            w.positions = st.positions / n_batches if st.calls else None
+            w.positions = st.rows / n_batches if st.calls else None
     t_cal = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    live = [w for w in works if not w.dense_reason]
-    if cfg.is_auto:
-        for w in progress_bar(live, desc="low-rank spectra", enabled=progress):
-            s = F.svdvals(_transformed(w, cfg))
-            w.spectrum = LayerSpectrum(w.name, w.geo, s.cpu(), w.positions)
-        specs = [
-            w.spectrum
-            if w.spectrum is not None
-            else LayerSpectrum(w.name, w.geo, torch.zeros(1, w.geo.full_rank), w.positions)
-            for w in works
-        ]
-        alloc = allocate(
-            specs,
-            float(cfg.budget),  # type: ignore[arg-type]
-            kind=cfg.budget_kind,
-            objective=cfg.objective,
-            min_rank=cfg.min_rank,
-            round_to=cfg.round_to,
-            min_features=cfg.min_features,
-            min_saving=cfg.min_saving,
-            keep_dense={w.name: w.dense_reason for w in works if w.dense_reason},
-        )
-        for w in works:
-            r = alloc.ranks[w.name]
-            w.decision = Decision(r, w.dense_reason or alloc.reasons.get(w.name, ""))
-        todo = [w for w in live if w.decision is not None and w.decision.rank is not None]
-        for w in progress_bar(todo, desc="low-rank SVD", enabled=progress):
-            w.new = _factor(w, w.decision.rank, cfg)  # type: ignore[union-attr,arg-type]
-    else:
-        rule = RANK_RULES.get(cfg.rule_name)(cfg.rule_value)
-        for w in works:
-            if w.dense_reason:
-                w.decision = Decision(None, w.dense_reason)
-        for w in progress_bar(live, desc="low-rank SVD", enabled=progress):
-            U, s, Vh = F.svd(_transformed(w, cfg))
-            w.spectrum = LayerSpectrum(w.name, w.geo, s.detach().cpu(), w.positions)
-            w.decision = choose_rank(
-                rule,
-                w.spectrum,
-                min_rank=cfg.min_rank,
-                round_to=cfg.round_to,
-                min_features=cfg.min_features,
-                min_saving=cfg.min_saving,
-            )
-            if w.decision.rank is not None:
-                w.new = _factor(w, w.decision.rank, cfg, (U, s, Vh))
+    _decide(works, cfg, method, rule, progress)
     t_dec = time.perf_counter() - t0
 
     report = _report(works, cfg, n_batches, {"calibration": t_cal, "decomposition": t_dec})
@@ -343,15 +335,15 @@ def _report(
             LayerReport(
                 name=w.name,
                 type=type(w.module).__name__,
-                shape=geo.shape_str(),
+                shape=F.shape_str(geo),
                 rank=r,
-                full_rank=geo.full_rank,
-                break_even=geo.break_even,
+                full_rank=F.full_rank(geo),
+                break_even=F.break_even(geo),
                 energy_kept=energy,
-                params_before=geo.params(None),
-                params_after=geo.params(r),
-                macs_before=None if pos is None else round(pos * geo.macs_per_position(None)),
-                macs_after=None if pos is None else round(pos * geo.macs_per_position(r)),
+                params_before=F.params_at(geo, None),
+                params_after=F.params_at(geo, r),
+                macs_before=None if pos is None else round(pos * F.macs_per_position(geo, None)),
+                macs_after=None if pos is None else round(pos * F.macs_per_position(geo, r)),
                 factorized=r is not None,
                 reason=d.reason,
             )
@@ -453,19 +445,20 @@ def retruncate(
         4
     """
     cfg = _as_config(config)
-    if cfg.method != "svd":
+    if not METHODS.get(cfg.method).weight_only:
+        allowed = " or ".join(repr(n) for n in METHODS if METHODS.get(n).weight_only)
         raise ConfigError(
-            f"retruncate re-selects ranks from the factors' own spectrum; method must be 'svd', got {cfg.method!r}."
+            "retruncate re-selects ranks from the factors' own spectrum; method must be "
+            f"{allowed}, got {cfg.method!r}."
         )
     if not any(isinstance(m, LowRankModule) for m in model.modules()):
         raise CompressionStateError(
             f"{type(model).__name__} holds no factorized layer to re-truncate; call tc.factorize first."
         )
+    rule = cfg.rule()
     targets = select_modules(model, include, exclude, types=(LowRankModule,), family="retruncate")
-    if cfg.needs_data and calib_data is None:
-        raise DataError(
-            "retruncate with budget_kind='flops' needs calib_data= for the layers' input sizes."
-        )
+    if rule.needs_data and calib_data is None:
+        raise DataError(f"retruncate: {rule.data_reason}, so it needs calib_data=.")
     positions: dict[str, float | None] = {n: None for n, _ in targets}
     n_batches = 0
     if calib_data is not None:
@@ -475,47 +468,29 @@ def retruncate(
             calib_data,
             max_batches=1,
             progress=progress,
-            require_all=cfg.needs_data,
+            require_all=rule.needs_data,
         )
-        positions = {n: (st.positions / n_batches if st.calls else None) for n, st in stats.items()}
+        positions = {n: (st.rows / n_batches if st.calls else None) for n, st in stats.items()}
     t0 = time.perf_counter()
     works: list[_Work] = []
     svds: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
     for name, mod in progress_bar(targets, desc="low-rank re-truncation", enabled=progress):
-        geo = geometry(mod)
+        geo = dense_geometry(mod, name)
         w = _Work(name, mod, geo, positions=positions[name])
         U, s, Vh = _product_svd(mod)  # type: ignore[arg-type]
         svds[name] = (U, s, Vh)
+        # the spectrum has the layer's current rank: no rule makes it grow
         w.spectrum = LayerSpectrum(name, geo, s.cpu(), w.positions)
         works.append(w)
-    if cfg.is_auto:
-        alloc = allocate(
-            [w.spectrum for w in works],  # type: ignore[misc]
-            float(cfg.budget),  # type: ignore[arg-type]
-            kind=cfg.budget_kind,
-            objective=cfg.objective,
-            min_rank=cfg.min_rank,
-            round_to=cfg.round_to,
-            min_features=cfg.min_features,
-            min_saving=cfg.min_saving,
-        )
-        for w in works:
-            w.decision = Decision(alloc.ranks[w.name], alloc.reasons.get(w.name, ""))
-    else:
-        rule = RANK_RULES.get(cfg.rule_name)(cfg.rule_value)
-        for w in works:
-            spec = w.spectrum
-            if cfg.rule_name == "fixed" and int(cfg.rule_value) >= spec.full_rank:  # type: ignore[union-attr,arg-type]
-                w.decision = Decision(w.module.rank, "")  # a fixed rank never grows a layer
-                continue
-            w.decision = choose_rank(
-                rule,
-                spec,  # type: ignore[arg-type]
-                min_rank=cfg.min_rank,
-                round_to=cfg.round_to,
-                min_features=cfg.min_features,
-                min_saving=cfg.min_saving,
-            )
+    decisions = rule.decide_all(
+        [w.spectrum for w in works],  # type: ignore[misc]
+        min_rank=cfg.min_rank,
+        round_to=cfg.round_to,
+        min_features=cfg.min_features,
+        min_saving=cfg.min_saving,
+    )
+    for w in works:
+        w.decision = decisions[w.name]
     new: dict[str, nn.Module] = {}
     for w in works:
         mod: LowRankModule = w.module  # type: ignore[assignment]

@@ -32,24 +32,29 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as TF
 from torch import Tensor, nn
 
 from ..errors import NumericalError
+from ..layers import Geometry, geometry
 
 __all__ = [
     "DiagonalScaling",
     "Identity",
     "Whitening",
     "asvd_scaling",
+    "break_even",
     "break_even_rank",
     "conv_patches",
     "dense_params",
     "energy_kept",
     "factorized_params",
     "from_weight_matrix",
+    "full_rank",
+    "macs_per_position",
+    "params_at",
     "rank_for_energy",
     "rank_for_ratio",
+    "shape_str",
     "singular_value_threshold",
     "split_factors",
     "svd",
@@ -262,6 +267,38 @@ def break_even_rank(m: int, n: int) -> int:
     return max(0, math.ceil(m * n / (m + n)) - 1)
 
 
+def full_rank(geometry: Geometry) -> int:
+    """``min(m, n)``: the largest rank a factorization of the layer's matrices can have."""
+    return min(geometry.m, geometry.n)
+
+
+def break_even(geometry: Geometry) -> int:
+    """The largest rank strictly cheaper than the dense layer (0: never), see :func:`break_even_rank`."""
+    return break_even_rank(geometry.m, geometry.n)
+
+
+def params_at(geometry: Geometry, rank: int | None) -> int:
+    """Parameters (with the bias) of the layer factorized at ``rank`` (``None``: dense)."""
+    g = geometry
+    if rank is None:
+        return dense_params(g.m, g.n, g.groups, g.bias)
+    return factorized_params(g.m, g.n, rank, g.groups, g.bias)
+
+
+def macs_per_position(geometry: Geometry, rank: int | None) -> int:
+    """MACs per output position (token or pixel) at ``rank`` (``None``: dense, ``out * n``)."""
+    g = geometry
+    if rank is None:
+        return g.macs(1)
+    return g.groups * rank * (g.m + g.n)
+
+
+def shape_str(geometry: Geometry) -> str:
+    """``"out x in"`` or the conv kernel shape, e.g. ``"64x32x3x3"`` (``/g4`` for groups)."""
+    s = "x".join(str(d) for d in geometry.weight_shape)
+    return s + (f"/g{geometry.groups}" if geometry.groups > 1 else "")
+
+
 def rank_for_ratio(m: int, n: int, ratio: float, groups: int = 1, bias: bool = False) -> int:
     """The largest rank whose factorized params are at most ``ratio`` x the dense params (may be 0).
 
@@ -401,52 +438,18 @@ def whitening(second_moment: Tensor, damping: float = 1e-3, tries: int = 4) -> W
 # --- convolution patches ----------------------------------------------------------------------
 
 
-def _tuple(v: int | tuple[int, ...], dims: int) -> tuple[int, ...]:
-    return (v,) * dims if isinstance(v, int) else tuple(v)
-
-
-def _explicit_padding(conv: nn.Module, dims: int) -> tuple[int, ...]:
-    """F.pad-style padding (last dim first) implementing the conv's ``padding``."""
-    k = _tuple(conv.kernel_size, dims)
-    d = _tuple(conv.dilation, dims)
-    pad = conv.padding
-    if pad == "valid":
-        per_dim = [(0, 0)] * dims
-    elif pad == "same":
-        per_dim = []
-        for ki, di in zip(k, d):
-            total = di * (ki - 1)
-            per_dim.append((total // 2, total - total // 2))
-    else:
-        per_dim = [(p, p) for p in _tuple(pad, dims)]
-    out: list[int] = []
-    for lo, hi in reversed(per_dim):
-        out += [lo, hi]
-    return tuple(out)
-
-
 def conv_patches(x: Tensor, conv: nn.Module) -> Tensor:
-    """The input patches a Conv1d/Conv2d multiplies by its reshaped weight.
+    """The input patches a convolution multiplies by its reshaped weight.
 
     Returns ``(N*L, in*prod(kernel))`` rows (``L`` output positions), columns ordered like
     ``conv.weight.reshape(out, -1)``, honouring stride, padding (ints, ``"same"``, ``"valid"``),
     ``padding_mode`` and dilation, so ``rows @ W.T`` equals the convolution (without bias, for
-    ``groups=1``; for grouped convs, column block ``j`` belongs to group ``j``).
+    ``groups=1``; for grouped convs, column block ``j`` belongs to group ``j``). The rows come from
+    :meth:`torchcompress.layers.LayerKind.input_rows`.
     """
-    dims = x.dim() - 2
-    if dims not in (1, 2):
-        raise ValueError(
-            f"conv_patches supports 1-D and 2-D convolutions, got input {tuple(x.shape)}"
-        )
-    pad = _explicit_padding(conv, dims)
-    mode = getattr(conv, "padding_mode", "zeros")
-    if any(pad):
-        x = TF.pad(x, pad, mode="constant" if mode == "zeros" else mode)
-    k = _tuple(conv.kernel_size, dims)
-    s = _tuple(conv.stride, dims)
-    d = _tuple(conv.dilation, dims)
-    if dims == 1:
-        x = x.unsqueeze(-2)
-        k, s, d = (1, *k), (1, *s), (1, *d)
-    cols = TF.unfold(x, kernel_size=k, dilation=d, padding=0, stride=s)  # (N, C*K, L)
-    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    geo = geometry(conv)
+    chunks = [
+        rows.transpose(0, 1).reshape(rows.shape[1], -1)
+        for rows in geo.layer_kind.input_rows(geo, x)
+    ]
+    return torch.cat(chunks, 0)

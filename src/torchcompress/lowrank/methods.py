@@ -1,7 +1,7 @@
 """Factorization methods: how a layer's matrix is transformed before its truncated SVD.
 
-Each method is a small registered class in :data:`METHODS`. It says which activation statistics it
-needs and turns them into a right transform ``S``: the SVD is taken of ``W @ S``, truncated, and the
+Each method is a small registered class in :data:`METHODS`. It names the calibration statistics it
+needs (:data:`torchcompress.calibration.STATISTICS`) and turns them into a right transform ``S``: the SVD is taken of ``W @ S``, truncated, and the
 input factor multiplied by ``S^-1``, so that truncation minimises ``||(W - W_r) S||_F``.
 
 - ``"svd"``: ``S = I``, the weight's own best approximation (Eckart-Young); no data.
@@ -18,19 +18,20 @@ Example:
     >>> METHODS.names()
     ['svd', 'activation_aware', 'whitened']
     >>> METHODS.get("whitened").needs
-    frozenset({'second_moment'})
+    frozenset({'xtx'})
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
+import torch
+
+from ..calibration import LayerStats
+from ..config import Config
+from ..errors import CalibrationError
 from ..registry import Registry
 from . import functional as F
-
-if TYPE_CHECKING:
-    from .calibration import LayerStats
-    from .config import LowRankConfig
 
 __all__ = [
     "METHODS",
@@ -46,20 +47,38 @@ class FactorizationMethod:
     """Base class of a factorization method.
 
     Attributes:
-        needs: the statistics :mod:`~torchcompress.lowrank.calibration` must collect
-            (``"second_moment"``: ``sum x x^T``; ``"abs_mean"``: ``sum |x|``).
+        needs: the names of the calibration statistics the method needs (e.g. ``"xtx"``: the
+            inputs' second moment ``E[x x^T]``; ``"abs_mean"``: ``E|x|`` per input feature).
+        weight_only: the factors are the best approximation of the weight itself (no transform),
+            so :func:`~torchcompress.lowrank.retruncate` can re-cut a factorized layer exactly.
     """
 
     needs: ClassVar[frozenset[str]] = frozenset()
+    weight_only: ClassVar[bool] = False
 
     @classmethod
     def needs_data(cls) -> bool:
         """Whether ``calib_data`` is required."""
         return bool(cls.needs)
 
-    def transform(self, stats: LayerStats | None, config: LowRankConfig) -> F.Transform:
-        """The right transform ``S`` for one layer (``stats`` is ``None`` for data-free methods)."""
+    def work_dtype(self, weight: torch.Tensor) -> torch.dtype:
+        """The precision the weight is transformed and decomposed in (float64 by default)."""
+        return torch.float64
+
+    def transform(self, stats: LayerStats | None, config: Config) -> F.Transform:
+        """The right transform ``S`` for one layer (``stats`` is ``None`` for data-free methods).
+
+        Args:
+            stats: the layer's calibration statistics (the ones named in :attr:`needs`).
+            config: the :class:`~torchcompress.lowrank.LowRankConfig` (``alpha``, ``damping``).
+        """
         raise NotImplementedError
+
+
+def _stats(stats: LayerStats | None, method: str) -> LayerStats:
+    if stats is None:  # guarded by factorize(); keep the methods total
+        raise CalibrationError(f"method={method!r} needs activation statistics (calib_data).")
+    return stats
 
 
 METHODS: Registry[type[FactorizationMethod]] = Registry("low-rank method")
@@ -69,7 +88,12 @@ METHODS: Registry[type[FactorizationMethod]] = Registry("low-rank method")
 class PlainSVD(FactorizationMethod):
     """Truncated SVD of the weight itself (no data)."""
 
-    def transform(self, stats: LayerStats | None, config: LowRankConfig) -> F.Transform:
+    weight_only = True
+
+    def work_dtype(self, weight: torch.Tensor) -> torch.dtype:
+        return torch.float64 if weight.dtype == torch.float64 else torch.float32
+
+    def transform(self, stats: LayerStats | None, config: Config) -> F.Transform:
         return F.Identity()
 
 
@@ -79,22 +103,23 @@ class ActivationAware(FactorizationMethod):
 
     needs = frozenset({"abs_mean"})
 
-    def transform(self, stats: LayerStats | None, config: LowRankConfig) -> F.Transform:
-        if stats is None:  # guarded by factorize(); keep the method total
-            raise ValueError("activation_aware needs activation statistics")
-        return F.asvd_scaling(stats.abs_mean(), alpha=config.alpha)
+    def transform(self, stats: LayerStats | None, config: Config) -> F.Transform:
+        st = _stats(stats, "activation_aware")
+        abs_mean = st["abs_mean"]  # per input feature: (in,) or (in_channels, *kernel)
+        if st.geometry is not None:
+            abs_mean = abs_mean.reshape(st.geometry.groups, st.geometry.n)
+        return F.asvd_scaling(abs_mean, alpha=config.alpha)  # type: ignore[attr-defined]
 
 
 @METHODS.register("whitened")
 class Whitened(FactorizationMethod):
     """SVD-LLM: whiten by the Cholesky factor of the inputs' second moment (float64, damped)."""
 
-    needs = frozenset({"second_moment"})
+    needs = frozenset({"xtx"})
 
-    def transform(self, stats: LayerStats | None, config: LowRankConfig) -> F.Transform:
-        if stats is None:
-            raise ValueError("whitened needs activation statistics")
-        return F.whitening(stats.second_moment(), damping=config.damping)
+    def transform(self, stats: LayerStats | None, config: Config) -> F.Transform:
+        xtx = _stats(stats, "whitened")["xtx"]  # E[x x^T] per group, float64
+        return F.whitening(xtx, damping=config.damping)  # type: ignore[attr-defined]
 
 
 def get_method(name: str) -> FactorizationMethod:

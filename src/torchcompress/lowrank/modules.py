@@ -29,133 +29,46 @@ Example:
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import UnsupportedModuleError
+from ..errors import ConfigError, UnsupportedModuleError
+from ..layers import Geometry, canonical_weight, geometry, layer_kind, stored_weight
 from . import functional as F
 
 __all__ = [
-    "LayerGeometry",
+    "FACTORIZED",
     "LowRankConv1d",
     "LowRankConv2d",
     "LowRankLinear",
     "LowRankModule",
     "build_lowrank",
+    "dense_geometry",
     "dense_matrices",
-    "geometry",
-    "hf_conv1d_type",
-    "supported_dense_types",
+    "factorizable",
 ]
 
 
-def hf_conv1d_type() -> type[nn.Module] | None:
-    """Hugging Face's ``Conv1D`` (GPT-2 style, weight ``in x out``) if transformers is imported."""
-    if "transformers" not in sys.modules:
-        return None
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover - very old or very new transformers
-        return None
-    return Conv1D  # type: ignore[no-any-return]
-
-
-def supported_dense_types() -> tuple[type[nn.Module], ...]:
-    """The dense layer classes :func:`~torchcompress.factorize` can factorize."""
-    hf = hf_conv1d_type()
-    base: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
-    return (*base, hf) if hf is not None else base
-
-
-@dataclass(frozen=True)
-class LayerGeometry:
-    """The matrix shape of a dense layer: ``groups`` matrices of ``m x n`` (outputs x inputs).
-
-    Attributes:
-        kind: ``"linear"``, ``"hf_conv1d"``, ``"conv1d"`` or ``"conv2d"``.
-        m: outputs per group.
-        n: inputs per group (``in/groups * prod(kernel)`` for convs).
-        groups: conv groups (1 for linear layers).
-        bias: whether the layer has a bias.
-        weight_shape: the dense weight's shape.
-    """
-
-    kind: str
-    m: int
-    n: int
-    groups: int
-    bias: bool
-    weight_shape: tuple[int, ...]
-
-    @property
-    def full_rank(self) -> int:
-        """``min(m, n)``: the largest rank a factorization can have."""
-        return min(self.m, self.n)
-
-    @property
-    def break_even(self) -> int:
-        """The largest rank that is strictly cheaper than the dense layer (0: never)."""
-        return F.break_even_rank(self.m, self.n)
-
-    @property
-    def dense_params(self) -> int:
-        """Parameters of the dense layer (weight and bias)."""
-        return F.dense_params(self.m, self.n, self.groups, self.bias)
-
-    def params(self, rank: int | None) -> int:
-        """Parameters at ``rank`` (``None``: dense)."""
-        if rank is None:
-            return self.dense_params
-        return F.factorized_params(self.m, self.n, rank, self.groups, self.bias)
-
-    def macs_per_position(self, rank: int | None) -> int:
-        """MACs per output position (token or pixel) at ``rank`` (``None``: dense)."""
-        if rank is None:
-            return self.groups * self.m * self.n
-        return self.groups * rank * (self.m + self.n)
-
-    def shape_str(self) -> str:
-        """``"out x in"`` or the conv kernel shape, e.g. ``"64x32x3x3"`` (``/g4`` for groups)."""
-        s = "x".join(str(d) for d in self.weight_shape)
-        return s + (f"/g{self.groups}" if self.groups > 1 else "")
-
-
-def geometry(module: nn.Module) -> LayerGeometry:
-    """The :class:`LayerGeometry` of a dense Linear, Conv1d, Conv2d or Hugging Face Conv1D.
+def dense_geometry(module: nn.Module, name: str = "") -> Geometry:
+    """The :class:`~torchcompress.layers.Geometry` of the dense map ``module`` computes.
 
     For a factorized layer, the geometry of the dense layer it represents.
 
     Raises:
-        UnsupportedModuleError: any other module.
+        UnsupportedModuleError: ``module`` is not a weight layer of a registered kind.
     """
     if isinstance(module, LowRankModule):
-        first, second = module.factors()
-        g, m, _ = second.shape
-        n = int(first.shape[-1])
-        kind = "linear" if isinstance(module, LowRankLinear) else f"conv{module._dims}d"  # type: ignore[attr-defined]
-        shape = tuple(module.weight.shape) if kind != "linear" else (g * m, n)
-        return LayerGeometry(kind, int(m), n, int(g), module.bias is not None, shape)
-    hf = hf_conv1d_type()
-    if hf is not None and isinstance(module, hf):
-        nx, nf = module.weight.shape
-        return LayerGeometry("hf_conv1d", nf, nx, 1, module.bias is not None, (nf, nx))
-    if isinstance(module, nn.Linear):
-        out, inp = module.weight.shape
-        return LayerGeometry("linear", out, inp, 1, module.bias is not None, (out, inp))
-    if isinstance(module, nn.Conv1d | nn.Conv2d):
-        w = module.weight
-        g = module.groups
-        kind = "conv1d" if isinstance(module, nn.Conv1d) else "conv2d"
-        n = int(w[0].numel())
-        return LayerGeometry(kind, w.shape[0] // g, n, g, module.bias is not None, tuple(w.shape))
-    raise UnsupportedModuleError(
-        f"{type(module).__name__} cannot be factorized; supported: Linear, Conv1d, Conv2d "
-        "(and transformers' Conv1D)."
-    )
+        return module.dense_geometry()
+    return geometry(module, name)
+
+
+def factorizable(module: nn.Module) -> bool:
+    """Whether ``module`` is a dense weight layer with a factorized form (:data:`FACTORIZED`)."""
+    if isinstance(module, LowRankModule) or layer_kind(module) is None:
+        return False
+    return geometry(module).spatial_dims in FACTORIZED
 
 
 def dense_matrices(module: nn.Module) -> Tensor:
@@ -165,11 +78,7 @@ def dense_matrices(module: nn.Module) -> Tensor:
     """
     if isinstance(module, LowRankModule):
         return module.dense_matrix().detach()
-    g = geometry(module)
-    w = module.weight.detach()
-    if g.kind == "hf_conv1d":
-        return w.t().unsqueeze(0)
-    return F.weight_matrix(w, g.groups)
+    return dense_geometry(module).matrices(canonical_weight(module).detach())
 
 
 class LowRankModule(nn.Module):
@@ -191,6 +100,10 @@ class LowRankModule(nn.Module):
         """``(first, second)`` as matrices ``(groups, r, n)`` and ``(groups, m, r)`` (live views)."""
         raise NotImplementedError
 
+    def dense_geometry(self) -> Geometry:
+        """The :class:`~torchcompress.layers.Geometry` of the dense layer this one represents."""
+        raise NotImplementedError
+
     def dense_matrix(self) -> Tensor:
         """The product ``second @ first`` as ``(groups, m, n)`` (differentiable)."""
         first, second = self.factors()
@@ -203,6 +116,18 @@ class LowRankModule(nn.Module):
 
     def merge(self) -> nn.Module:
         """The equivalent dense layer (a new module on the same device and dtype)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_geometry(
+        cls,
+        geometry: Geometry,
+        rank: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> LowRankModule:
+        """An (uninitialised) factorized layer of rank ``rank`` for a dense map of ``geometry``."""
         raise NotImplementedError
 
     def with_factors(self, first: Tensor, second: Tensor) -> LowRankModule:
@@ -218,7 +143,7 @@ class LowRankModule(nn.Module):
         """Overwrite the factors with ``(groups, r, n)`` / ``(groups, m, r)`` matrices."""
         f, s = self.factors()
         if first.shape != f.shape or second.shape != s.shape:
-            raise ValueError(
+            raise ConfigError(
                 f"factor shapes {tuple(first.shape)}, {tuple(second.shape)} do not fit "
                 f"{tuple(f.shape)}, {tuple(s.shape)}"
             )
@@ -255,7 +180,7 @@ class LowRankLinear(LowRankModule):
     ) -> None:
         super().__init__()
         if rank < 1:
-            raise ValueError(f"rank must be at least 1, got {rank}")
+            raise ConfigError(f"LowRankLinear: rank must be at least 1, got {rank}.")
         self.in_features = in_features
         self.out_features = out_features
         self.rank = rank
@@ -269,6 +194,21 @@ class LowRankLinear(LowRankModule):
 
     def factors(self) -> tuple[Tensor, Tensor]:
         return self.first.weight.unsqueeze(0), self.second.weight.unsqueeze(0)
+
+    def dense_geometry(self) -> Geometry:
+        return Geometry("linear", self.in_features, self.out_features, bias=self.bias is not None)
+
+    @classmethod
+    def from_geometry(
+        cls,
+        geometry: Geometry,
+        rank: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> LowRankLinear:
+        g = geometry
+        return cls(g.n, g.m, rank, bias=g.bias, device=device, dtype=dtype)
 
     @classmethod
     def from_factors(
@@ -341,10 +281,11 @@ class _LowRankConvNd(LowRankModule):
     ) -> None:
         super().__init__()
         if rank < 1:
-            raise ValueError(f"rank must be at least 1, got {rank}")
+            raise ConfigError(f"{type(self).__name__}: rank must be at least 1, got {rank}.")
         if in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"channels {in_channels}->{out_channels} not divisible by groups={groups}"
+            raise ConfigError(
+                f"{type(self).__name__}: channels {in_channels}->{out_channels} are not divisible "
+                f"by groups={groups}."
             )
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -398,6 +339,46 @@ class _LowRankConvNd(LowRankModule):
         first = self.first.weight.reshape(g, r, -1)
         second = self.second.weight.reshape(g, self.out_channels // g, r)
         return first, second
+
+    @classmethod
+    def from_geometry(
+        cls,
+        geometry: Geometry,
+        rank: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> _LowRankConvNd:
+        g = geometry
+        return cls(
+            g.in_features,
+            g.out_features,
+            g.kernel_size,
+            rank,
+            stride=g.stride,
+            padding=g.padding,
+            dilation=g.dilation,
+            groups=g.groups,
+            bias=g.bias,
+            padding_mode=g.padding_mode,
+            device=device,
+            dtype=dtype,
+        )
+
+    def dense_geometry(self) -> Geometry:
+        pad = self.padding
+        return Geometry(
+            "conv",
+            self.in_channels,
+            self.out_channels,
+            kernel_size=tuple(self.kernel_size),
+            stride=tuple(self.stride),
+            padding=pad if isinstance(pad, str) else tuple(pad),
+            dilation=tuple(self.dilation),
+            groups=self.groups,
+            padding_mode=self.padding_mode,
+            bias=self.bias is not None,
+        )
 
     @property
     def weight(self) -> Tensor:
@@ -500,35 +481,34 @@ class LowRankConv1d(_LowRankConvNd):
     _conv = nn.Conv1d
 
 
+#: The factorized form of a dense map, by its number of spatial dimensions (0: Linear-like).
+FACTORIZED: dict[int, type[LowRankModule]] = {
+    0: LowRankLinear,
+    1: LowRankConv1d,
+    2: LowRankConv2d,
+}
+
+
 def build_lowrank(dense: nn.Module, first: Tensor, second: Tensor) -> LowRankModule:
     """The factorized replacement of ``dense`` with factor matrices ``first`` (``g x r x n``) and
     ``second`` (``g x m x r``); the bias is copied, device and dtype follow ``dense``'s weight.
+
+    Raises:
+        UnsupportedModuleError: ``dense`` has no factorized form (e.g. a 3-D convolution).
     """
     g = geometry(dense)
-    w = dense.weight
+    cls = FACTORIZED.get(g.spatial_dims)
+    if cls is None:
+        raise UnsupportedModuleError(
+            f"{type(dense).__name__} ({g.spatial_dims}-D kernel) has no factorized form; "
+            "low-rank factorization supports Linear-like layers and 1-D/2-D convolutions."
+        )
+    w = stored_weight(dense)
     r = int(first.shape[-2])
     first = first.reshape(g.groups, r, g.n).to(device=w.device, dtype=w.dtype)
     second = second.reshape(g.groups, g.m, r).to(device=w.device, dtype=w.dtype)
-    bias = dense.bias.detach() if dense.bias is not None else None
-    mod: LowRankModule
-    if g.kind in ("linear", "hf_conv1d"):
-        mod = LowRankLinear(g.n, g.m, r, bias=bias is not None, device=w.device, dtype=w.dtype)
-    else:
-        cls = LowRankConv1d if g.kind == "conv1d" else LowRankConv2d
-        mod = cls(
-            dense.in_channels,
-            dense.out_channels,
-            dense.kernel_size,
-            r,
-            stride=dense.stride,
-            padding=dense.padding,
-            dilation=dense.dilation,
-            groups=dense.groups,
-            bias=bias is not None,
-            padding_mode=dense.padding_mode,
-            device=w.device,
-            dtype=w.dtype,
-        )
+    bias = dense.bias.detach() if g.bias else None  # type: ignore[union-attr,operator]
+    mod = cls.from_geometry(g, r, device=w.device, dtype=w.dtype)
     mod.set_factors(first, second)
     if bias is not None:
         with torch.no_grad():

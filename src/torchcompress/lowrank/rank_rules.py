@@ -13,9 +13,14 @@ Rules (``LowRankConfig(rank=...)``):
 - ``"params_ratio"``: the largest rank whose real parameter count ``r*(out+in)`` + bias is at most
   ``value`` x the dense layer's.
 - ``"flops_ratio"``: the largest rank whose MACs ``r*(out+in)`` per position are at most ``value``
-  x the dense layer's.
+  x the dense layer's;
+- ``"auto"``: one global allocation across the layers under a params or FLOPs budget
+  (:class:`~torchcompress.lowrank.allocation.AutoRank`, registered by
+  :mod:`~torchcompress.lowrank.allocation`).
 
-A new rule subclasses :class:`RankRule` and registers itself::
+A rule decides one layer at a time (:meth:`RankRule.decide`) or, with ``per_layer = False``, all
+layers at once (:meth:`RankRule.decide_all`). A new rule subclasses :class:`RankRule` and registers
+itself::
 
     @RANK_RULES.register("my_rule")
     class MyRule(RankRule):
@@ -24,10 +29,9 @@ A new rule subclasses :class:`RankRule` and registers itself::
 
 Example:
     >>> import torch
+    >>> from torchcompress.layers import Geometry
     >>> from torchcompress.lowrank.rank_rules import LayerSpectrum, RANK_RULES
-    >>> from torchcompress.lowrank.modules import LayerGeometry
-    >>> geo = LayerGeometry("linear", 64, 64, 1, False, (64, 64))
-    >>> layer = LayerSpectrum("fc", geo, torch.ones(1, 64))
+    >>> layer = LayerSpectrum("fc", Geometry("linear", 64, 64), torch.ones(1, 64))
     >>> RANK_RULES.get("params_ratio")(0.5).raw_rank(layer)  # 16*(64+64) = 0.5 * 64*64
     16.0
 """
@@ -35,15 +39,16 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor
 
 from ..errors import ConfigError, check_range
+from ..layers import Geometry
 from ..registry import Registry
 from . import functional as F
-from .modules import LayerGeometry
 
 __all__ = [
     "RANK_RULES",
@@ -56,6 +61,7 @@ __all__ = [
     "RankRatio",
     "RankRule",
     "choose_rank",
+    "layer_cost",
     "round_rank",
 ]
 
@@ -66,21 +72,21 @@ class LayerSpectrum:
 
     Attributes:
         name: qualified module name.
-        geometry: its matrix shape.
+        geometry: the dense layer's geometry (its matrices are ``groups x m x n``).
         singular_values: ``(groups, k)`` singular values of the matrix the method truncates (the
             whitened / scaled weight for those methods), each row descending; ``k`` caps the rank.
         positions: output positions per calibration batch (tokens, or samples x pixels), if known.
     """
 
     name: str
-    geometry: LayerGeometry
+    geometry: Geometry
     singular_values: Tensor
     positions: float | None = None
 
     @property
     def full_rank(self) -> int:
         """The largest usable rank: ``min(m, n)`` (or fewer, if the spectrum is shorter)."""
-        return min(self.geometry.full_rank, int(self.singular_values.shape[-1]))
+        return min(F.full_rank(self.geometry), int(self.singular_values.shape[-1]))
 
     def energy(self, rank: int | None) -> float:
         """Fraction of the spectrum's energy kept at ``rank`` (``None``: dense, 1.0)."""
@@ -104,16 +110,44 @@ class RankRule:
         default_value: the target used when ``LowRankConfig.value`` is ``None``.
         counts: what "cheaper" means for this rule: ``"params"`` or ``"flops"``.
         rounding: how ``round_to`` rounds this rule's rank: ``"up"``, ``"down"`` or ``"nearest"``.
+        per_layer: whether each layer is decided from its own spectrum alone (so a layer can be
+            factorized as soon as its spectrum is known); ``False`` for global allocations, which
+            see every spectrum first (:meth:`decide_all`).
     """
 
     default_value: ClassVar[float | None] = None
     counts: ClassVar[str] = "params"
     rounding: ClassVar[str] = "nearest"
+    per_layer: ClassVar[bool] = True
+    #: why the rule needs ``calib_data`` when :attr:`needs_data` (for error messages)
+    data_reason: ClassVar[str] = ""
     #: lower and upper bound of the value, inclusive flags
     value_range: ClassVar[tuple[float, float, bool, bool]] = (0.0, 1.0, False, True)
 
     def __init__(self, value: float | int | None = None) -> None:
         self.value = self.default_value if value is None else value
+
+    @classmethod
+    def from_config(cls, config: Any) -> RankRule:
+        """The rule a :class:`~torchcompress.lowrank.LowRankConfig` asks for."""
+        return cls(config.rule_value)
+
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        """Raise :class:`ConfigError` unless ``config``'s fields suit this rule."""
+        owner = type(config).__name__
+        cls.check_value(config.rule_value, owner=owner)
+        if config.budget is not None:
+            raise ConfigError(
+                f"{owner}.budget={config.budget!r} is only used with rank='auto' (got "
+                f"rank={config.rank!r}). For a per-layer params budget use "
+                "rank='params_ratio', value=..."
+            )
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether the rule needs ``calib_data`` (e.g. layer input sizes for a FLOPs budget)."""
+        return False
 
     @classmethod
     def check_value(cls, value: float | int | None, owner: str = "LowRankConfig") -> None:
@@ -132,7 +166,51 @@ class RankRule:
     def describe(self) -> str:
         """E.g. ``"params_ratio=0.5"``."""
         name = next((n for n in RANK_RULES if RANK_RULES.get(n) is type(self)), type(self).__name__)
-        return f"{name}={self.value:g}"
+        return name if self.value is None else f"{name}={self.value:g}"
+
+    def decide(
+        self,
+        layer: LayerSpectrum,
+        *,
+        min_rank: int = 1,
+        round_to: int = 1,
+        min_features: int = 0,
+        min_saving: float = 0.0,
+    ) -> Decision:
+        """One layer's rank, or why it stays dense (:func:`choose_rank` with this rule)."""
+        return choose_rank(
+            self,
+            layer,
+            min_rank=min_rank,
+            round_to=round_to,
+            min_features=min_features,
+            min_saving=min_saving,
+        )
+
+    def decide_all(
+        self,
+        layers: Sequence[LayerSpectrum],
+        *,
+        min_rank: int = 1,
+        round_to: int = 1,
+        min_features: int = 0,
+        min_saving: float = 0.0,
+        keep_dense: Mapping[str, str] | None = None,
+    ) -> dict[str, Decision]:
+        """Every layer's decision; ``keep_dense`` (name -> reason) must stay dense."""
+        keep = dict(keep_dense or {})
+        return {
+            la.name: Decision(None, keep[la.name])
+            if la.name in keep
+            else self.decide(
+                la,
+                min_rank=min_rank,
+                round_to=round_to,
+                min_features=min_features,
+                min_saving=min_saving,
+            )
+            for la in layers
+        }
 
 
 RANK_RULES: Registry[type[RankRule]] = Registry("rank rule")
@@ -151,12 +229,12 @@ class FixedRank(RankRule):
 
     def raw_rank(self, layer: LayerSpectrum) -> float:
         r = int(self.value)  # type: ignore[arg-type]
-        if r > layer.full_rank:
-            g = layer.geometry
+        g = layer.geometry
+        if r > F.full_rank(g):  # (an already factorized layer keeps its rank: see choose_rank)
             raise ConfigError(
-                f"rank={r} is larger than layer {layer.name!r} ({g.shape_str()}) allows: its "
+                f"rank={r} is larger than layer {layer.name!r} ({F.shape_str(g)}) allows: its "
                 f"matrix is {g.m}x{g.n}{' per group' if g.groups > 1 else ''}, so the rank is at "
-                f"most {layer.full_rank}. Use a smaller rank, a ratio (rank=0.5, "
+                f"most {F.full_rank(g)}. Use a smaller rank, a ratio (rank=0.5, "
                 "rank='params_ratio') or exclude the layer."
             )
         return float(r)
@@ -222,9 +300,13 @@ def round_rank(raw: float, step: int, how: str) -> int:
     return int(k * step)
 
 
-def layer_cost(geo: LayerGeometry, rank: int | None, counts: str) -> int:
+#: What a rule's "cheaper" counts: name -> cost of a layer at a rank (``None``: dense).
+COSTS = {"params": F.params_at, "flops": F.macs_per_position}
+
+
+def layer_cost(geo: Geometry, rank: int | None, counts: str) -> int:
     """Params (with bias) or MACs per position of the layer at ``rank`` (``None``: dense)."""
-    return geo.params(rank) if counts == "params" else geo.macs_per_position(rank)
+    return COSTS[counts](geo, rank)
 
 
 def choose_rank(
@@ -254,7 +336,7 @@ def choose_rank(
         if rule.rounding == "down":  # a budget rule that cannot be met
             smallest = layer_cost(g, floor, rule.counts) / layer_cost(g, None, rule.counts)
             raise ConfigError(
-                f"{rule.describe()} cannot be met by layer {layer.name!r} ({g.shape_str()}): its "
+                f"{rule.describe()} cannot be met by layer {layer.name!r} ({F.shape_str(g)}): its "
                 f"smallest factorization (rank {floor}) keeps {smallest:.3f}x its {rule.counts}. "
                 "Raise the ratio, lower min_rank/round_to, exclude the layer, or set min_features."
             )
@@ -265,8 +347,8 @@ def choose_rank(
     if cost >= dense:
         why = (
             "this layer cannot be factorized more cheaply (break-even rank 0)"
-            if g.break_even == 0
-            else f"rank {r} >= break-even {g.break_even}: would not save {rule.counts}"
+            if F.break_even(g) == 0
+            else f"rank {r} >= break-even {F.break_even(g)}: would not save {rule.counts}"
         )
         return Decision(None, why)
     if cost > (1.0 - min_saving) * dense:

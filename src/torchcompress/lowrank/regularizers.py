@@ -34,11 +34,12 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, SelectionError, check_range
+from ..layers import canonical_weight, layer_kind
 from ..registry import Registry
 from ..select import read_by_parent, select_modules
 from . import functional as F
 from .config import LowRankConfig
-from .modules import LowRankModule, geometry, supported_dense_types
+from .modules import LowRankModule, dense_geometry, factorizable
 
 __all__ = [
     "SV_PENALTIES",
@@ -107,10 +108,8 @@ def singular_values(module: nn.Module) -> Tensor:
         # so treating the bases as constants gives the exact gradient
         core = (Qb.transpose(-1, -2) @ second) @ (first @ Qa)
         return torch.linalg.svdvals(core)
-    g = geometry(module)
-    w = module.weight
-    mats = w.t().unsqueeze(0) if g.kind == "hf_conv1d" else F.weight_matrix(w, g.groups)
-    dtype = torch.float64 if w.dtype == torch.float64 else torch.float32
+    mats = dense_geometry(module).matrices(canonical_weight(module))
+    dtype = torch.float64 if mats.dtype == torch.float64 else torch.float32
     return torch.linalg.svdvals(mats.to(dtype))
 
 
@@ -118,12 +117,11 @@ def _targets(model: nn.Module, include: Patterns, exclude: Patterns) -> list[tup
     """Dense Linear/Conv layers and factorized layers (not the factors inside them)."""
     lowrank = [n for n, m in model.named_modules() if isinstance(m, LowRankModule)]
     mha = set(read_by_parent(model))
-    dense = supported_dense_types()
 
     def ok(name: str, mod: nn.Module) -> bool:
         if isinstance(mod, LowRankModule):
             return True
-        if not isinstance(mod, dense) or name in mha:
+        if not factorizable(mod) or name in mha:
             return False
         return not any(name.startswith(p + ".") for p in lowrank)
 
@@ -245,15 +243,13 @@ def proximal_step(
             first, second = F.split_factors(U, s, Vh, mod.rank)
             mod.set_factors(first, second)
             continue
-        g = geometry(mod)
+        g, kind = dense_geometry(mod), layer_kind(mod)
         w = mod.weight
-        mats = w.t().unsqueeze(0) if g.kind == "hf_conv1d" else F.weight_matrix(w, g.groups)
-        U, s, Vh = F.svd(mats)
+        U, s, Vh = F.svd(g.matrices(canonical_weight(mod, w)))
         s = (s - tau).clamp_min(0)
         zeroed += int((s == 0).sum())
-        new = (U * s.unsqueeze(-2)) @ Vh
-        new = new[0].t() if g.kind == "hf_conv1d" else new.reshape(w.shape)
-        w.copy_(new.to(w.dtype))
+        new = g.from_matrices((U * s.unsqueeze(-2)) @ Vh)
+        w.copy_(kind.from_canonical(mod, new).to(w.dtype))  # type: ignore[union-attr]
     return zeroed
 
 

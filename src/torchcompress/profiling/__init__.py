@@ -48,8 +48,9 @@ by that cost. Compression families register the cost of their own modules there;
 :func:`register_op_cost` adds a formula for another functional op.
 
 The package: :mod:`~torchcompress.profiling.op_costs` (the op formula registry, the formulas, the
-einsum parser), :mod:`~torchcompress.profiling.module_costs` (costs of the built-in layers),
-:mod:`~torchcompress.profiling.session` (the counting listener and :func:`profile`),
+einsum parser), :mod:`~torchcompress.profiling.module_costs` (costs of the built-in layers and of
+every registered layer kind, from its geometry), :mod:`~torchcompress.profiling.session` (the
+counting listener and :func:`profile`),
 :mod:`~torchcompress.profiling.report` (:class:`Profile`, :class:`LayerProfile`, formatting).
 
 Example:

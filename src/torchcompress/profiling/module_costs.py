@@ -1,9 +1,13 @@
-"""Registered costs of the built-in torch layers (see :mod:`torchcompress.costs`).
+"""Registered costs of the built-in torch layers (see :mod:`torchcompress.costs`), and of every
+registered layer kind.
 
-Linear, Bilinear, convolutions (transposed included), Embedding, MultiheadAttention and the
-recurrent layers. A layer's cost covers the functional ops its forward runs, so they are counted
-once. Dense MACs follow :func:`~torchcompress.profiling.op_costs.layer_macs`; effective MACs scale
-them by the weight's fraction of non-zeros.
+Every weight layer of a kind registered in :mod:`torchcompress.layers` (Linear, Conv1d/2d/3d,
+Hugging Face's ``Conv1D``, kinds registered from outside) costs :func:`layer_cost`: the MACs of its
+:class:`~torchcompress.layers.Geometry` (:func:`module_cost_fn` gives it to a module of a kind that
+has no cost function of its own). Bilinear, transposed convolutions, Embedding, MultiheadAttention
+and the recurrent layers have their own formulas. A layer's cost covers the functional ops its
+forward runs, so they are counted once. Effective MACs scale the dense MACs by the weight's
+fraction of non-zeros.
 
 Example:
     >>> import torch
@@ -21,10 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..costs import LayerCost, register_cost
+from ..costs import CostFn, LayerCost, lookup_cost, register_cost
+from ..layers import geometry, layer_kind
 from .op_costs import _arg, _mha_macs, _numel, layer_macs
 
-__all__: list[str] = []
+__all__ = ["layer_cost", "module_cost_fn"]
 
 
 def _first_input(args: tuple[Any, ...], kwargs: dict[str, Any], name: str = "input") -> Any:
@@ -55,12 +60,30 @@ def _sparse_cost(macs: int, weight: torch.Tensor | None) -> LayerCost:
     return LayerCost(macs=macs, effective_macs=round(macs * nnz / numel))
 
 
-@register_cost(nn.Linear)
-def _linear_cost(
+@register_cost(nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def layer_cost(
     module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
 ) -> LayerCost:
-    w = module.weight
-    return _sparse_cost(layer_macs("linear", w.shape, _first_input(args, kwargs), out), w)
+    """The cost of a weight layer of any registered layer kind: its geometry's MACs
+    (:meth:`~torchcompress.layers.Geometry.macs` at the output's positions; for a map over the
+    last dimension without a tensor output, the input's rows), scaled by the weight's density for
+    the effective MACs."""
+    geo = geometry(module)
+    if isinstance(out, torch.Tensor) and out.numel():
+        positions = geo.output_positions(out)
+    else:
+        x = _first_input(args, kwargs)
+        positions = _numel(x) // geo.in_features if not geo.kernel_size else 0
+    return _sparse_cost(geo.macs(positions), getattr(module, "weight", None))
+
+
+def module_cost_fn(module: nn.Module) -> CostFn | None:
+    """The cost function of ``module``: its class's registered one (:func:`~torchcompress.costs.
+    lookup_cost`), else :func:`layer_cost` for a layer of a registered layer kind, else ``None``."""
+    fn = lookup_cost(module)
+    if fn is None and layer_kind(module) is not None:
+        return layer_cost
+    return fn
 
 
 @register_cost(nn.Bilinear)
@@ -69,14 +92,6 @@ def _bilinear_cost(
 ) -> LayerCost:
     macs = _numel(out) * int(module.in1_features) * (int(module.in2_features) + 1)
     return _sparse_cost(macs, module.weight)
-
-
-@register_cost(nn.Conv1d, nn.Conv2d, nn.Conv3d)
-def _conv_cost(
-    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
-) -> LayerCost:
-    w = module.weight
-    return _sparse_cost(layer_macs("conv", w.shape, _first_input(args, kwargs), out), w)
 
 
 @register_cost(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)

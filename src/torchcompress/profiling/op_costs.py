@@ -2,9 +2,10 @@
 
 :func:`register_op_cost` maps a torch function (every spelling it is called by: ``torch.mm`` and
 ``Tensor.mm``) to a formula ``fn(args, kwargs, output, density) -> OpCost``; the profiler's session
-applies it to every op its :class:`~torchcompress.tracing.Recorder` sees. :func:`layer_macs` is the
-one place that knows the geometry of dense layers (Linear, convolutions, Hugging Face ``Conv1D``);
-module costs and op formulas both call it.
+applies it to every op its :class:`~torchcompress.tracing.Recorder` sees. :func:`layer_macs` counts
+a functional call of a dense layer (``F.linear``, ``F.conv2d``, ...) from the stored weight's shape,
+with the shared layer model's formula (:meth:`torchcompress.layers.Geometry.macs`), the one the
+module costs of every registered layer kind use too.
 
 Example:
     >>> import torch
@@ -22,8 +23,17 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..layers import LAYER_KINDS, Geometry
 
-__all__ = ["Density", "OpCost", "OpCostFn", "einsum_macs", "layer_macs", "register_op_cost"]
+__all__ = [
+    "Density",
+    "OpCost",
+    "OpCostFn",
+    "einsum_macs",
+    "layer_macs",
+    "register_op_cost",
+    "stored_geometry",
+]
 
 
 @dataclass
@@ -84,40 +94,61 @@ def _scaled(macs: int, density: float) -> int:
     return macs if density >= 1.0 else round(macs * density)
 
 
-#: geometry of the dense layers, for :func:`layer_macs`: ``(weight shape, input, output) -> MACs``
-_DENSE_MACS: dict[str, Callable[[Sequence[int], Any, Any], int]] = {
-    # weight (out, in) or (in,): every input element meets every output feature
-    "linear": lambda w, x, out: _numel(x) * (int(w[0]) if len(w) == 2 else 1),
-    # weight (in, out) (Hugging Face Conv1D, GPT-2 style)
-    "hf_conv1d": lambda w, x, out: _numel(x) * int(w[-1]),
-    # weight (out, in/groups, *kernel): every output element takes in/groups * kernel MACs
-    "conv": lambda w, x, out: _numel(out) * math.prod(int(s) for s in w[1:]),
+def _transposed_macs(w: Sequence[int], x: Any) -> int:
     # weight (in, out/groups, *kernel): every input element meets out/groups * kernel weights
-    "conv_transpose": lambda w, x, out: _numel(x) * math.prod(int(s) for s in w[1:]),
-}
+    return _numel(x) * math.prod(int(s) for s in w[1:])
+
+
+def stored_geometry(kind: str, weight_shape: Sequence[int]) -> Geometry:
+    """The :class:`~torchcompress.layers.Geometry` of a layer of a registered ``kind`` from the
+    shape of its stored weight (``weight_axes`` say where its output and input axes are; the
+    kernel follows them). Groups are not known from the shape: the geometry has one group of
+    ``weight_shape[input axis]`` inputs, which counts the same MACs.
+
+    Raises:
+        ConfigError: ``kind`` is not a registered layer kind.
+    """
+    if kind not in LAYER_KINDS:
+        raise ConfigError(
+            f"layer_macs: unknown layer kind {kind!r}; known: "
+            f"{sorted([*LAYER_KINDS.names(), 'conv_transpose'])}."
+        )
+    o, i = LAYER_KINDS.get(kind).weight_axes
+    w = [int(s) for s in weight_shape]
+    return Geometry(kind, w[i], w[o], kernel_size=tuple(w[2:]))
 
 
 def layer_macs(kind: str, weight_shape: Sequence[int], x: Any, out: Any) -> int:
-    """MACs of one call of a dense layer: the one formula for Linear, Conv and HF Conv1D.
+    """MACs of one call of a dense layer, from its stored weight's shape.
 
-    Counts ``output elements x in/groups x kernel elements`` (products with zero padding
-    included, as dense kernels compute them), for any leading dimensions, groups, stride and
-    dilation. The shared layer model (``torchcompress.layers``) is to take this over.
+    The count is :meth:`torchcompress.layers.Geometry.macs`: ``output positions x out x in/groups x
+    kernel elements`` (products with zero padding included, as dense kernels compute them), for
+    any leading dimensions, groups, stride and dilation. Output positions come from ``out`` (or,
+    for maps over the last dimension, from ``x``).
 
     Args:
-        kind: ``"linear"`` (``nn.Linear``, ``F.linear``), ``"hf_conv1d"`` (weight stored
-            ``(in, out)``), ``"conv"`` (``nn.Conv1d/2d/3d``, ``F.conv*d``) or ``"conv_transpose"``.
-        weight_shape: the weight's shape as stored.
+        kind: a registered layer kind (``"linear"``: ``nn.Linear``, ``F.linear``; ``"hf_conv1d"``:
+            weight stored ``(in, out)``; ``"conv"``: ``nn.Conv1d/2d/3d``, ``F.conv*d``; a kind
+            registered from outside), or ``"conv_transpose"``.
+        weight_shape: the weight's shape as stored (a 1-D weight: one output).
         x: the input tensor.
         out: the output tensor.
 
     Raises:
         ConfigError: ``kind`` is none of the above.
     """
-    formula = _DENSE_MACS.get(kind)
-    if formula is None:
-        raise ConfigError(f"layer_macs: unknown layer kind {kind!r}; known: {sorted(_DENSE_MACS)}.")
-    return int(formula(tuple(weight_shape), x, out))
+    if kind == "conv_transpose":  # not a layer kind: its weight is (in, out/groups, *kernel)
+        return _transposed_macs(weight_shape, x)
+    if len(weight_shape) < 2:  # F.linear with a 1-D weight: a dot product per row
+        if kind not in LAYER_KINDS:
+            stored_geometry(kind, weight_shape)  # raises the error naming the kinds
+        return _numel(x)
+    geo = stored_geometry(kind, weight_shape)
+    if isinstance(out, torch.Tensor) and out.numel():
+        positions = geo.output_positions(out)
+    else:
+        positions = _numel(x) // geo.in_features if not geo.kernel_size else 0
+    return geo.macs(positions)
 
 
 def _mm_like(a_index: int, a_name: str, b_index: int, b_name: str) -> OpCostFn:

@@ -2,8 +2,10 @@
 
 The profiler runs the model once under the shared recorder: every module call opens a frame, every
 functional op with a registered formula (:mod:`~torchcompress.profiling.op_costs`) adds its MACs
-to the innermost module running, and a module with a registered cost (:mod:`torchcompress.costs`)
-replaces what its children and ops counted when its cost covers them.
+to the innermost module running, and a module with a registered cost (:mod:`torchcompress.costs`),
+or a weight layer of a registered layer kind (the MACs of its :class:`~torchcompress.layers.Geometry`,
+:func:`~torchcompress.profiling.module_costs.layer_cost`), replaces what its children and ops
+counted when its cost covers them.
 
 Example:
     >>> import torch
@@ -24,11 +26,11 @@ import torch
 from torch import nn
 
 from ..batches import describe_inputs, example_batch
-from ..costs import LayerCost, lookup_cost
+from ..costs import LayerCost
 from ..errors import ShapeError, TorchCompressError
 from ..select import matches, select_modules
 from ..tracing import Listener, ModuleCall, OpEvent, Recorder
-from . import module_costs  # noqa: F401  (registers the costs of the built-in layers)
+from .module_costs import module_cost_fn
 from .op_costs import _OPS, OpCost
 from .report import _FIELDS, LayerProfile, Profile, _check_depth
 
@@ -95,7 +97,7 @@ class _Counter(Listener):
         return self.stack[-1].acc if self.stack else self.final
 
     def on_module_enter(self, call: ModuleCall) -> None:
-        self.stack.append(_Frame(call, lookup_cost(call.module)))
+        self.stack.append(_Frame(call, module_cost_fn(call.module)))
 
     def on_module_exit(self, call: ModuleCall) -> None:
         if not any(f.call is call for f in self.stack):

@@ -1,22 +1,51 @@
-"""Save/load codecs and profiler costs of the quantization modules (registered on import)."""
+"""Save/load codecs of the quantization modules (registered on import).
+
+Each codec writes a JSON description (:func:`torchcompress.save`) from which :func:`torchcompress.load`
+rebuilds the module before its tensors load: a quantizer is described by :func:`fq_spec` (its
+format, integer range, observer and options, and for quantization-aware training its method), a
+layer by its class, its :class:`~torchcompress.layers.Geometry` (``Geometry.to_dict``) and its
+quantizers. Files written before quantized layers carried a geometry (their constructor arguments:
+sizes, ``kind`` ``"linear"``/``"conv1d"``/``"conv2d"`` and convolution arguments) and before observer
+specs existed (observer options ``percentile``, ``averaging_constant``, ``bins`` in every quantizer)
+load as they were saved; an observer, a training method or a layer kind that is not registered is
+an error naming it, never a silent substitute.
+"""
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
 
 from .. import io
-from ..costs import LayerCost, register_cost
-from .converting import IntLayer, link_siblings
-from .graph import QuantGraph, rebuild
+from ..errors import CompressionStateError, ConfigError
+from ..layers import LAYER_KINDS, Geometry
+from ..select import module_device_dtype
+from .geometry import legacy_geometry
+from .graph import QuantGraph
+from .int_graph import rebuild
+from .int_layer import IntLayer
 from .kmeans import KMeansLayer
-from .modules import FakeQuantize, QuantConv1d, QuantConv2d, QuantLayer, QuantLinear
+from .modules import FakeQuantize, QuantConv1d, QuantConv2d, QuantConv3d, QuantLayer, QuantLinear
+from .observers import OBSERVERS, observer_spec
+from .qat.methods import QAT_METHODS
+from .siblings import link_siblings
 from .spec import IntSpec
 
-__all__ = ["fq_from_spec", "fq_spec"]
+__all__ = [
+    "IntLayerCodec",
+    "KMeansCodec",
+    "QuantGraphCodec",
+    "QuantLayerCodec",
+    "fq_from_spec",
+    "fq_spec",
+    "geometry_from_spec",
+    "layer_from_spec",
+    "layer_spec",
+]
+
+_ROLES = ("weight", "input", "output")
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -28,18 +57,23 @@ def _dtype(name: str) -> torch.dtype:
 
 
 def _device_dtype(current: nn.Module | None) -> tuple[torch.device | None, torch.dtype | None]:
-    if current is None:
-        return None, None
-    from ..select import module_device_dtype
+    return (None, None) if current is None else module_device_dtype(current)
 
-    return module_device_dtype(current)
+
+def _to_json(args: dict[str, Any]) -> dict[str, Any]:
+    """Constructor arguments as JSON values (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in args.items()}
+
+
+def _from_json(args: dict[str, Any]) -> dict[str, Any]:
+    """Constructor arguments from JSON (lists become tuples)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
 
 
 def fq_spec(fq: FakeQuantize | None) -> dict[str, Any] | None:
     """A JSON description of a quantizer (its tensors are saved separately)."""
     if fq is None:
         return None
-    obs = fq.observer
     return {
         "spec": fq.spec.to_dict(),
         "role": fq.role,
@@ -48,50 +82,55 @@ def fq_spec(fq: FakeQuantize | None) -> dict[str, Any] | None:
         "quant_max": fq.quant_max,
         "shape": list(fq.shape) if fq.shape is not None else None,
         "observer": fq.observer_name,
-        "options": None
-        if obs is None
-        else {
-            "percentile": obs.percentile,
-            "averaging_constant": obs.averaging_constant,
-            "bins": obs.bins,
-        },
+        "options": None if fq.observer is None else fq.observer_spec.to_dict(),
         "observe_relu": fq.observe_relu,
         "calibrated": fq.calibrated,
         "learnable_scale": isinstance(fq.scale, nn.Parameter),
         "name": fq.name,
-        # quantization-aware training quantizers (torchcompress.quant.qat_modules)
+        # quantization-aware training quantizers (torchcompress.quant.qat)
         "qat": fq.qat_state() if hasattr(fq, "qat_state") else None,
     }
 
 
 def fq_from_spec(d: dict[str, Any] | None) -> FakeQuantize | None:
-    """Rebuild a quantizer from :func:`fq_spec` (its tensors then load from the file)."""
+    """Rebuild a quantizer from :func:`fq_spec` (its tensors then load from the file).
+
+    Raises:
+        CompressionStateError: the file names an observer or a training method that is not
+            registered (import the module that registers it first).
+    """
     if d is None:
         return None
-    from ..errors import ConfigError
-    from .observers import OBSERVERS
-
-    observer = d["observer"] if d["observer"] in OBSERVERS else "minmax"
+    where = f"the quantizer {d.get('name') or ''!r}".replace(" ''", "")
+    if d["observer"] not in OBSERVERS:
+        raise CompressionStateError(
+            f"The file's {where} uses the observer {d['observer']!r}, which is not registered "
+            f"(registered: {', '.join(OBSERVERS.names())}). Import the module that registers it "
+            "before loading."
+        )
     cls: type[FakeQuantize] = FakeQuantize
     qat = d.get("qat")
     if qat:
-        from .qat_modules import QAT_QUANTIZERS
-
-        cls = QAT_QUANTIZERS[qat["method"]]
+        if qat["method"] not in QAT_METHODS:
+            raise CompressionStateError(
+                f"The file's {where} was trained with the QAT method {qat['method']!r}, which is "
+                f"not registered (registered: {', '.join(QAT_METHODS.names())}). Import the "
+                "module that registers it before loading."
+            )
+        cls = QAT_METHODS.get(qat["method"]).quantizer
     try:
         fq = cls(
             IntSpec.from_dict(d["spec"]),
             role=d["role"],
-            observer=observer,
+            observer=observer_spec(d["observer"], **(d.get("options") or {})),
             dynamic=d["dynamic"],
             quant_min=d["quant_min"],
             quant_max=d["quant_max"],
             shape=tuple(d["shape"]) if d["shape"] is not None else None,
-            observer_options=d.get("options"),
             name=d.get("name", ""),
         )
-    except ConfigError:
-        raise
+    except ConfigError as e:
+        raise CompressionStateError(f"The file's {where} cannot be rebuilt: {e}") from e
     fq.observe_relu = bool(d.get("observe_relu", False))
     fq.calibrated = bool(d.get("calibrated", True))
     if qat:
@@ -101,90 +140,109 @@ def fq_from_spec(d: dict[str, Any] | None) -> FakeQuantize | None:
     return fq
 
 
+def geometry_from_spec(d: dict[str, Any], where: str) -> Geometry:
+    """The :class:`~torchcompress.layers.Geometry` a file records (``Geometry.to_dict``).
+
+    Raises:
+        CompressionStateError: its layer kind is not registered (import the module registering
+            it first), or the description is not a geometry.
+    """
+    if d.get("kind") not in LAYER_KINDS:
+        raise CompressionStateError(
+            f"The file's {where} is a layer of kind {d.get('kind')!r}, which is not registered "
+            f"(registered: {', '.join(LAYER_KINDS.names())}). Register it "
+            "(torchcompress.layers.LAYER_KINDS.add) before loading."
+        )
+    try:
+        return Geometry.from_dict(d)
+    except ConfigError as e:
+        raise CompressionStateError(f"The file's {where} cannot be rebuilt: {e}") from e
+
+
+def layer_spec(module: QuantLayer) -> dict[str, Any]:
+    """A JSON description of a fake-quant layer: class, geometry, quantizers."""
+    return {
+        "class": type(module).__name__,
+        "source": module.source,
+        "bias": module.bias is not None,
+        "dtype": _dtype_name(module.weight.dtype),
+        **{f"{role}_quant": fq_spec(getattr(module, f"{role}_quant")) for role in _ROLES},
+        "geometry": module.geometry.to_dict(),
+    }
+
+
+def layer_from_spec(
+    spec: dict[str, Any],
+    current: nn.Module | None,
+    classes: dict[str, type[QuantLayer]],
+) -> QuantLayer:
+    """Rebuild a fake-quant layer of one of ``classes`` (by name) from :func:`layer_spec`."""
+    device, _ = _device_dtype(current)
+    cls = classes[spec["class"]]
+    args = spec["geometry"]
+    if "kind" in args:
+        geo = geometry_from_spec(args, f"layer of class {spec['class']!r}")
+        layer = cls.from_geometry(geo, device=device, dtype=_dtype(spec["dtype"]))
+    else:  # written before layers carried a geometry: the constructor arguments
+        layer = cls(  # type: ignore[call-arg]
+            **_from_json(args),
+            bias=spec["bias"],
+            device=device,
+            dtype=_dtype(spec["dtype"]),
+        )
+    layer.source = spec["source"]
+    for role in _ROLES:
+        fq = fq_from_spec(spec[f"{role}_quant"])
+        if fq is not None:
+            fq.to(device=device)
+        setattr(layer, f"{role}_quant", fq)
+    if current is not None:
+        layer.train(current.training)
+    return layer
+
+
 class QuantLayerCodec(io.ModuleCodec):
-    """Fake-quant layers (QuantLinear, QuantConv1d, QuantConv2d)."""
+    """Fake-quant layers (QuantLinear, QuantConv1d, QuantConv2d, QuantConv3d)."""
 
     name = "torchcompress.quant.layer"
+    classes: ClassVar[dict[str, type[QuantLayer]]] = {
+        c.__name__: c for c in (QuantLinear, QuantConv1d, QuantConv2d, QuantConv3d)
+    }
 
     def matches(self, module: nn.Module) -> bool:
-        return type(module) in (QuantLinear, QuantConv1d, QuantConv2d)
+        return type(module) in self.classes.values()
 
     def encode(self, module: nn.Module) -> dict[str, Any]:
-        if not isinstance(module, QuantLayer):
-            raise RuntimeError(
-                "torchcompress internal error (please report): expected isinstance(module, QuantLayer)"
-            )
-        spec: dict[str, Any] = {
-            "class": type(module).__name__,
-            "source": module.source,
-            "bias": module.bias is not None,
-            "dtype": _dtype_name(module.weight.dtype),
-            "weight_quant": fq_spec(module.weight_quant),
-            "input_quant": fq_spec(module.input_quant),
-            "output_quant": fq_spec(module.output_quant),
-        }
-        if isinstance(module, QuantLinear):
-            spec["geometry"] = {
-                "in_features": module.in_features,
-                "out_features": module.out_features,
-            }
-        else:
-            if not isinstance(module, QuantConv1d | QuantConv2d):
-                raise RuntimeError(
-                    "torchcompress internal error (please report): expected isinstance(module, QuantConv1d | QuantConv2d)"
-                )
-            spec["geometry"] = {
-                "in_channels": module.in_channels,
-                "out_channels": module.out_channels,
-                "kernel_size": list(module.kernel_size),
-                "stride": list(module.stride),
-                "padding": module.padding
-                if isinstance(module.padding, str)
-                else list(module.padding),
-                "dilation": list(module.dilation),
-                "groups": module.groups,
-                "padding_mode": module.padding_mode,
-            }
-        return spec
+        return layer_spec(cast(QuantLayer, module))
 
-    def decode(self, spec: dict[str, Any], current: nn.Module) -> nn.Module:
-        device, _ = _device_dtype(current)
-        dtype = _dtype(spec["dtype"])
-        g = spec["geometry"]
-        layer: QuantLayer
-        if spec["class"] == "QuantLinear":
-            layer = QuantLinear(
-                g["in_features"],
-                g["out_features"],
-                spec["bias"],
-                source=spec["source"],
-                device=device,
-                dtype=dtype,
-            )
-        else:
-            cls = QuantConv2d if spec["class"] == "QuantConv2d" else QuantConv1d
-            pad = g["padding"] if isinstance(g["padding"], str) else tuple(g["padding"])
-            layer = cls(
-                g["in_channels"],
-                g["out_channels"],
-                tuple(g["kernel_size"]),
-                tuple(g["stride"]),
-                pad,
-                tuple(g["dilation"]),
-                g["groups"],
-                spec["bias"],
-                g["padding_mode"],
-                device=device,
-                dtype=dtype,
-            )
-        for role in ("weight", "input", "output"):
-            fq = fq_from_spec(spec[f"{role}_quant"])
-            if fq is not None:
-                fq.to(device=device)
-            setattr(layer, f"{role}_quant", fq)
-        if current is not None:
-            layer.train(current.training)
-        return layer
+    def decode(self, spec: dict[str, Any], current: nn.Module | None) -> nn.Module:
+        return layer_from_spec(spec, current, self.classes)
+
+
+#: the constructor arguments of :class:`IntLayer` recorded by :class:`IntLayerCodec` (besides its
+#: geometry)
+_INT_LAYER_ARGS = (
+    "wfmt",
+    "act",
+    "out",
+    "accum",
+    "unary",
+    "dequant_output",
+    "graph_mode",
+    "fuse_siblings",
+    "source",
+)
+
+#: the convolution arguments files written before layers carried a geometry record
+_LEGACY_CONV_ARGS = ("stride", "padding", "dilation", "groups", "padding_mode")
+
+
+def _geometry_of_spec(spec: dict[str, Any], what: str) -> Geometry:
+    """The geometry of an integer or codebook layer's description (of either format)."""
+    if isinstance(spec.get("geometry"), dict):
+        return geometry_from_spec(spec["geometry"], what)
+    conv = {k: _from_json({k: spec[k]})[k] for k in _LEGACY_CONV_ARGS if k in spec}
+    return legacy_geometry(spec["weight_shape"], bias=bool(spec["bias"]), **conv)
 
 
 class IntLayerCodec(io.ModuleCodec):
@@ -196,54 +254,23 @@ class IntLayerCodec(io.ModuleCodec):
         return type(module) is IntLayer
 
     def encode(self, module: nn.Module) -> dict[str, Any]:
-        if not isinstance(module, IntLayer):
-            raise RuntimeError(
-                "torchcompress internal error (please report): expected isinstance(module, IntLayer)"
-            )
-        return {
-            "kind": module.kind,
-            "in_features": module.in_features,
-            "out_channels": module.out_channels,
-            "weight_shape": list(module.weight_shape),
-            "wfmt": module.wfmt,
-            "act": module.act,
-            "out": module.out,
-            "accum": module.accum,
-            "unary": module.unary,
-            "bias": module.bias is not None,
-            "dequant_output": module.dequant_output,
-            "graph_mode": module.graph_mode,
-            "fuse_siblings": module.fuse_siblings,
-            "stride": list(module.stride),
-            "padding": module.padding if isinstance(module.padding, str) else list(module.padding),
-            "dilation": list(module.dilation),
-            "groups": module.groups,
-            "padding_mode": module.padding_mode,
-            "source": module.source,
-            "bias_dtype": _dtype_name(
-                module.bias.dtype if module.bias is not None else torch.float32
-            ),
-        }
+        m = cast(IntLayer, module)
+        out = _to_json({k: getattr(m, k) for k in _INT_LAYER_ARGS})
+        out["geometry"] = m.geometry.to_dict()
+        out["bias"] = m.bias is not None
+        out["bias_dtype"] = _dtype_name(m.bias.dtype if m.bias is not None else torch.float32)
+        return out
 
-    def decode(self, spec: dict[str, Any], current: nn.Module) -> nn.Module:
+    def decode(self, spec: dict[str, Any], current: nn.Module | None) -> nn.Module:
         device, _ = _device_dtype(current)
-        kw = dict(spec)
-        kw["weight_shape"] = tuple(kw["weight_shape"])
-        kw["stride"] = tuple(kw["stride"])
-        kw["dilation"] = tuple(kw["dilation"])
-        if not isinstance(kw["padding"], str):
-            kw["padding"] = tuple(kw["padding"])
-        kw["bias_dtype"] = _dtype(kw["bias_dtype"])
-        kind = kw.pop("kind")
-        return IntLayer(kind, device=device, **kw)
+        geo = _geometry_of_spec(spec, "integer layer")
+        kw = {k: spec[k] for k in _INT_LAYER_ARGS if k in spec}
+        return IntLayer(geo, bias_dtype=_dtype(spec["bias_dtype"]), device=device, **kw)
 
     def after_load(self, module: nn.Module) -> None:
-        if not isinstance(module, IntLayer):
-            raise RuntimeError(
-                "torchcompress internal error (please report): expected isinstance(module, IntLayer)"
-            )
-        module._kernel = None
-        module._qp = {}
+        m = cast(IntLayer, module)
+        m._kernel = None
+        m._qp = {}
 
     def after_load_model(self, model: nn.Module, name: str) -> None:
         self.after_load(model.get_submodule(name))
@@ -259,38 +286,22 @@ class KMeansCodec(io.ModuleCodec):
         return type(module) is KMeansLayer
 
     def encode(self, module: nn.Module) -> dict[str, Any]:
-        if not isinstance(module, KMeansLayer):
-            raise RuntimeError(
-                "torchcompress internal error (please report): expected isinstance(module, KMeansLayer)"
-            )
+        m = cast(KMeansLayer, module)
         return {
-            "kind": module.kind,
-            "weight_shape": list(module.weight_shape),
-            "bits": module.bits,
-            "bias": module.bias is not None,
-            "stride": list(module.stride),
-            "padding": module.padding if isinstance(module.padding, str) else list(module.padding),
-            "dilation": list(module.dilation),
-            "groups": module.groups,
-            "padding_mode": module.padding_mode,
-            "source": module.source,
-            "dtype": _dtype_name(module.bias.dtype if module.bias is not None else torch.float32),
+            "geometry": m.geometry.to_dict(),
+            "bits": m.bits,
+            "source": m.source,
+            "bias": m.bias is not None,
+            "dtype": _dtype_name(m.bias.dtype if m.bias is not None else torch.float32),
         }
 
-    def decode(self, spec: dict[str, Any], current: nn.Module) -> nn.Module:
+    def decode(self, spec: dict[str, Any], current: nn.Module | None) -> nn.Module:
         device, _ = _device_dtype(current)
-        pad = spec["padding"] if isinstance(spec["padding"], str) else tuple(spec["padding"])
+        geo = _geometry_of_spec(spec, "codebook layer")
         return KMeansLayer(
-            spec["kind"],
-            tuple(spec["weight_shape"]),
+            geo,
             spec["bits"],
-            bias=spec["bias"],
-            stride=tuple(spec["stride"]),
-            padding=pad,
-            dilation=tuple(spec["dilation"]),
-            groups=spec["groups"],
-            padding_mode=spec["padding_mode"],
-            source=spec["source"],
+            source=spec.get("source", ""),
             dtype=_dtype(spec["dtype"]),
             device=device,
         )
@@ -306,15 +317,11 @@ class QuantGraphCodec(io.ModuleCodec):
         return type(module) is QuantGraph
 
     def encode(self, module: nn.Module) -> dict[str, Any]:
-        if not isinstance(module, QuantGraph):
-            raise RuntimeError(
-                "torchcompress internal error (please report): expected isinstance(module, QuantGraph)"
-            )
         return {
-            "leaf_names": list(module.leaf_names),
+            "leaf_names": list(module.leaf_names),  # type: ignore[arg-type]
             "converted": module.converted,
             "fuse_residual": module.fuse_residual,
-            "quantizers": {k: fq_spec(v) for k, v in module.quantizers.items()},  # type: ignore[arg-type]
+            "quantizers": {k: fq_spec(v) for k, v in module.quantizers.items()},  # type: ignore[union-attr, arg-type]
         }
 
     def decode(self, spec: dict[str, Any], current: nn.Module | None) -> nn.Module:
@@ -325,107 +332,8 @@ class QuantGraphCodec(io.ModuleCodec):
         return c
 
     def after_load_model(self, model: nn.Module, name: str) -> None:
-        container = model.get_submodule(name)
-        if not isinstance(container, QuantGraph):
-            raise RuntimeError(
-                "torchcompress internal error (please report): expected isinstance(container, QuantGraph)"
-            )
-        rebuild(model, container)
+        rebuild(model, model.get_submodule(name))  # type: ignore[arg-type]
 
 
 for _codec in (QuantLayerCodec(), IntLayerCodec(), KMeansCodec(), QuantGraphCodec()):
     io.register_codec(_codec)
-
-
-# --- profiler costs ------------------------------------------------------------------------
-
-
-def _state_bytes(module: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
-
-
-def _out_numel(output: Any) -> int:
-    if isinstance(output, torch.Tensor):
-        return output.numel()
-    return 0
-
-
-def _macs(
-    kind: str, weight_shape: tuple[int, ...], groups: int, args: tuple[Any, ...], output: Any
-) -> int:
-    n_out = _out_numel(output)
-    if kind == "linear":
-        return n_out * int(weight_shape[1])
-    per_out = int(math.prod(weight_shape[1:]))
-    return n_out * per_out
-
-
-@register_cost(QuantLinear, QuantConv1d, QuantConv2d)
-def _quant_layer_cost(
-    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
-) -> LayerCost:
-    if not isinstance(module, QuantLayer):
-        raise RuntimeError(
-            "torchcompress internal error (please report): expected isinstance(module, QuantLayer)"
-        )
-    kind = "linear" if isinstance(module, QuantLinear) else "conv"
-    macs = _macs(kind, tuple(module.weight.shape), getattr(module, "groups", 1), args, output)
-    params = module.weight.numel() + (module.bias.numel() if module.bias is not None else 0)
-    return LayerCost(
-        macs=macs,
-        params=params,
-        bytes=_state_bytes(module),
-        note="fake-quant (float weights, simulated integers; tc.convert stores integers)",
-    )
-
-
-@register_cost(IntLayer)
-def _int_layer_cost(
-    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
-) -> LayerCost:
-    if not isinstance(module, IntLayer):
-        raise RuntimeError(
-            "torchcompress internal error (please report): expected isinstance(module, IntLayer)"
-        )
-    macs = _macs(module.kind, module.weight_shape, module.groups, args, output)
-    params = int(math.prod(module.weight_shape)) + (
-        module.bias.numel() if module.bias is not None else 0
-    )
-    w = module.wfmt
-    fmt = "float weights" if w is None else f"int{w['bits']} weights"
-    if w is not None and w["bits"] <= 4:
-        fmt += " (packed)"
-    return LayerCost(
-        macs=macs,
-        params=params,
-        nonzero_params=params,
-        bytes=module.stored_bytes(),
-        note=f"{fmt}: {module.kernel_note()}",
-    )
-
-
-@register_cost(KMeansLayer)
-def _kmeans_cost(
-    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
-) -> LayerCost:
-    if not isinstance(module, KMeansLayer):
-        raise RuntimeError(
-            "torchcompress internal error (please report): expected isinstance(module, KMeansLayer)"
-        )
-    macs = _macs(module.kind, module.weight_shape, module.groups, args, output)
-    params = int(math.prod(module.weight_shape)) + (
-        module.bias.numel() if module.bias is not None else 0
-    )
-    return LayerCost(
-        macs=macs,
-        params=params,
-        bytes=_state_bytes(module),
-        note=f"{module.bits}-bit codebook: dequantized on the fly",
-    )
-
-
-@register_cost(FakeQuantize)
-def _fq_cost(
-    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
-) -> LayerCost:
-    return LayerCost(macs=0, params=0, bytes=_state_bytes(module), note="activation quantizer")

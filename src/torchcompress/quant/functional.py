@@ -1,5 +1,6 @@
 """Pure tensor maths of integer quantization: ranges to scales and zero points, (fake) quantization,
-granularity views, the straight-through rounding estimator and bit packing.
+granularity views, the straight-through rounding estimator, bit packing, and the uint8 activations
+of the integer model.
 
 Everything here is tensor in, tensor out, with no module state. Conventions:
 
@@ -24,18 +25,23 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from ..errors import ShapeError
+from .granularity import granularity as _gran
 
 __all__ = [
     "ACT_MIN_SCALE",
     "SCALE_EPS",
     "choose_qparams",
     "dequantize",
+    "dequantize_u8",
+    "dequantize_weight",
+    "dynamic_qparams",
     "expand_qparams",
     "fake_quantize",
     "fake_quantize_weight",
@@ -43,11 +49,16 @@ __all__ = [
     "qparam_shape",
     "qrange",
     "quantize",
+    "quantize_u8",
+    "quantize_weight",
     "round_ste",
     "storage_bits",
+    "symmetric_scale",
+    "tensor_qparams",
     "to_groups",
     "token_qparams",
     "unpack_int",
+    "weight_in_range",
 ]
 
 #: Smallest weight scale (a zero range never makes a zero scale).
@@ -263,32 +274,17 @@ def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax:
 
 
 # --- granularity ---------------------------------------------------------------------------
+# (the per-granularity logic lives in :mod:`~torchcompress.quant.granularity`)
 
 
 def qparam_shape(rows: int, cols: int, granularity: str, group_size: int | None) -> tuple[int, ...]:
     """Shape of the scales of a ``[rows, cols]`` weight at ``granularity``."""
-    if granularity == "tensor":
-        return (1,)
-    if granularity == "channel":
-        return (rows,)
-    if granularity == "group":
-        if group_size is None or cols % group_size:
-            raise ShapeError(f"group_size={group_size} does not divide the input dimension {cols}.")
-        return (rows, cols // group_size)
-    raise ShapeError(f"granularity {granularity!r} has no fixed scale shape for weights.")
+    return _gran(granularity).qparam_shape(rows, cols, group_size)
 
 
 def to_groups(w2d: Tensor, granularity: str, group_size: int | None = None) -> Tensor:
     """A ``[groups, elements]`` view of a ``[rows, cols]`` weight (one row per scale)."""
-    rows, cols = w2d.shape
-    if granularity == "tensor":
-        return w2d.reshape(1, -1)
-    if granularity == "channel":
-        return w2d
-    if granularity == "group":
-        qparam_shape(rows, cols, granularity, group_size)
-        return w2d.reshape(-1, group_size)  # type: ignore[arg-type]
-    raise ShapeError(f"granularity {granularity!r} does not apply to weights.")
+    return _gran(granularity).to_groups(w2d, group_size)
 
 
 def expand_qparams(p: Tensor, granularity: str) -> Tensor:
@@ -297,11 +293,7 @@ def expand_qparams(p: Tensor, granularity: str) -> Tensor:
     ``tensor``: ``[1] -> [1, 1]``; ``channel``: ``[rows] -> [rows, 1]``; ``group``:
     ``[rows, ng] -> [rows, ng, 1]`` (against the weight viewed as ``[rows, ng, group_size]``).
     """
-    if granularity == "tensor":
-        return p.reshape(1, 1)
-    if granularity == "channel":
-        return p.reshape(-1, 1)
-    return p.unsqueeze(-1)
+    return _gran(granularity).expand(p)
 
 
 def _per_weight_group(
@@ -314,13 +306,9 @@ def _per_weight_group(
     *args: int,
 ) -> Tensor:
     """``fn(w, s, z, *args)`` on a ``[rows, cols]`` weight with tensor/channel/group parameters."""
-    rows, cols = w2d.shape
-    s = expand_qparams(scale, granularity)
-    z = expand_qparams(zero_point, granularity)
-    if granularity == "group":
-        g = w2d.reshape(rows, cols // group_size, group_size)  # type: ignore[operator]
-        return fn(g, s, z, *args).reshape(rows, cols)
-    return fn(w2d, s, z, *args)
+    g = _gran(granularity)
+    out = fn(g.grouped(w2d, group_size), g.expand(scale), g.expand(zero_point), *args)
+    return out.reshape(w2d.shape)
 
 
 def fake_quantize_weight(
@@ -358,23 +346,84 @@ def dequantize_weight(
     return _per_weight_group(dequantize, q2d, scale, zero_point, granularity, group_size)
 
 
+def weight_in_range(
+    w2d: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    qmin: int,
+    qmax: int,
+    granularity: str,
+    group_size: int | None = None,
+) -> Tensor:
+    """Where ``round(w / scale + zero_point)`` lies inside ``[qmin, qmax]`` (bool, ``w2d``'s shape)."""
+
+    def inside(w: Tensor, s: Tensor, z: Tensor, lo: int, hi: int) -> Tensor:
+        v = torch.round(w.float() * (1.0 / s.float()) + z.float())
+        return (v >= lo) & (v <= hi)
+
+    return _per_weight_group(inside, w2d, scale, zero_point, granularity, group_size, qmin, qmax)
+
+
+def dynamic_qparams(
+    x: Tensor, granularity: str, qmin: int, qmax: int, *, symmetric: bool
+) -> tuple[Tensor, Tensor]:
+    """Scales and zero points a dynamic activation quantizer computes from ``x`` at run time.
+
+    ``"tensor"``: one scale from the min/max of ``x`` (what fbgemm's dynamic kernels compute);
+    ``"token"``: one per row of the last dimension, shaped ``[..., 1]``.
+    """
+    lo, hi = _gran(granularity).dynamic_range(x, symmetric_signed=symmetric and qmin < 0)
+    return choose_qparams(lo, hi, qmin, qmax, symmetric=symmetric, include_zero=True)
+
+
 def token_qparams(x: Tensor, qmin: int, qmax: int, *, symmetric: bool) -> tuple[Tensor, Tensor]:
     """Per-token (last dimension) scales and zero points of ``x``, shaped ``[..., 1]``."""
-    xf = x.detach().float()
-    lo, hi = torch.aminmax(xf, dim=-1, keepdim=True)
-    if symmetric and qmin < 0:
-        a = torch.maximum(lo.abs(), hi.abs())
-        lo, hi = -a, a
-    return choose_qparams(lo, hi, qmin, qmax, symmetric=symmetric, include_zero=True)
+    return dynamic_qparams(x, "token", qmin, qmax, symmetric=symmetric)
 
 
 def tensor_qparams(x: Tensor, qmin: int, qmax: int, *, symmetric: bool) -> tuple[Tensor, Tensor]:
     """Per-tensor scale and zero point of ``x`` from its min/max (what dynamic kernels compute)."""
-    xf = x.detach()
-    lo, hi = torch.aminmax(xf)
-    return choose_qparams(
-        lo.reshape(1), hi.reshape(1), qmin, qmax, symmetric=symmetric, include_zero=True
-    )
+    return dynamic_qparams(x, "tensor", qmin, qmax, symmetric=symmetric)
+
+
+# --- uint8 activations of the integer model ---------------------------------------------------
+
+
+def quantize_u8(x: Tensor, scale: float, zp: int, hi: int) -> Tensor:
+    """``clamp(round(x / scale + zp), 0, hi)`` as uint8 (fbgemm's rounding: ``x * (1/scale) + zp``).
+
+    The integer model stores every activation as uint8 offset by ``-qmin`` (so ``zp`` here is the
+    zero point of that storage and ``hi = qmax - qmin``).
+    """
+    if _fast_quantize() and x.device.type == "cpu" and 0 <= zp <= 255:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = torch.quantize_per_tensor(x.float(), scale, zp, torch.quint8).int_repr()
+        return q.clamp_(max=hi) if hi < 255 else q
+    inv = 1.0 / torch.tensor(scale, dtype=torch.float32).item()
+    q = torch.round(x.float() * inv + float(zp)).clamp_(0, hi)
+    return q.to(torch.uint8)
+
+
+@functools.lru_cache(maxsize=1)
+def _fast_quantize() -> bool:
+    """Whether torch's fused per-tensor quantize exists and rounds like the simulation."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            x = torch.tensor([40.499996185302734, -1.0, 0.5, 2.5, 1e3])
+            s = 1.0
+            got = torch.quantize_per_tensor(x, s, 123, torch.quint8).int_repr().to(torch.float32)
+        want = torch.round(x * (1.0 / s) + 123.0).clamp(0, 255)
+        return bool(torch.equal(got, want))
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+
+
+def dequantize_u8(u: Tensor, scale: float, zp: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``(u - zp) * scale`` (computed in float32, returned in ``dtype``)."""
+    y = (u.to(torch.float32) - float(zp)).mul_(scale)
+    return y if dtype == torch.float32 else y.to(dtype)
 
 
 # --- storage -------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ instead plans quantization on the whole graph, the way the integer model will ru
   (convolutions: oneDNN adds the other operand, itself integer, inside the kernel) and by a ReLU /
   ReLU6; the group's output is quantized once, after the activation, where the integer kernel
   re-quantizes it (:class:`FakeQuantize` nodes are inserted in the graph there).
-- Ops that are exact on integers (ReLU, max-pooling, padding with zeros, reshapes, slicing,
-  nearest upsampling, dropout in eval, identities) pass integer tensors through.
+- Ops that are exact on integers and have a uint8 kernel (ReLU, 2-D/3-D max-pooling, padding with
+  zeros, reshapes, slicing, nearest upsampling, dropout in eval, identities; see
+  :func:`~torchcompress.quant.ops.pass_kind`) pass integer tensors through.
 - Any other op dequantizes its inputs and runs in float; a quantized layer whose input is float
   gets an input quantizer.
 
@@ -26,232 +27,51 @@ rebuild the graph on a fresh model when :func:`torchcompress.load` loads a saved
 
 from __future__ import annotations
 
-import logging
-import operator
 import types
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CompressionStateError
-from .modules import FakeQuantize, QuantConv1d, QuantConv2d, QuantLayer, QuantLinear
+from ..layers import Geometry
+from .build import integer_ranges, make_activation_quant
+from .kernels import KERNELS
+from .modules import FakeQuantize, QuantizedModule
+from .ops import act_kind, is_add, module_of, non_tensor, pass_kind, trace_model
+from .spec import QuantConfig
 
-__all__ = ["GraphPlan", "QuantGraph", "prepare_graph", "trace_model"]
-
-log = logging.getLogger(__name__)
+__all__ = [
+    "GRAPH_ATTR",
+    "GraphPlan",
+    "Group",
+    "Point",
+    "QuantGraph",
+    "container_of",
+    "find_groups",
+    "fuses_residual",
+    "insert_points",
+    "plan_points",
+    "prepare_graph",
+    "strip_identities",
+    "strip_points",
+    "trace_model",
+    "unbind",
+]
 
 GRAPH_ATTR = "quant_graph"
 
 
-# --- tracing -----------------------------------------------------------------------------------
+def fuses_residual(geometry: Geometry) -> bool:
+    """Whether a registered integer kernel adds a residual operand inside the kernel for layers of
+    ``geometry`` (:meth:`~torchcompress.quant.int_layer.Kernel.fuses_residual`): graph mode then
+    plans the add after such a layer as part of it."""
+    return any(KERNELS.get(name).fuses_residual(geometry) for name in KERNELS)
 
 
-def _is_container(m: nn.Module) -> bool:
-    return isinstance(m, nn.Sequential | nn.ModuleList | nn.ModuleDict)
-
-
-class _Tracer(fx.Tracer):
-    def __init__(self, leaf_names: set[str]) -> None:
-        super().__init__()
-        self.leaf_names = leaf_names
-        self.stack: list[str] = []
-        self.failed_at: str | None = None
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        from .converting import IntLayer
-
-        if qualname in self.leaf_names:
-            return True
-        if isinstance(m, QuantLayer | IntLayer | FakeQuantize):
-            return True
-        return type(m).__module__.startswith("torch.nn") and not _is_container(m)
-
-    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        qualname = self.path_of_module(m)
-        self.stack.append(qualname)
-        try:
-            return super().call_module(m, forward, args, kwargs)
-        except Exception:
-            if self.failed_at is None:
-                self.failed_at = qualname
-            raise
-        finally:
-            self.stack.pop()
-
-
-def trace_model(
-    model: nn.Module, leaf_names: list[str] | None = None
-) -> tuple[fx.Graph, list[str]] | None:
-    """Trace ``model`` with torch.fx, keeping modules that do not trace as opaque calls.
-
-    Returns:
-        ``(graph, leaf_names)`` (the modules kept opaque), or ``None`` when the top level itself
-        does not trace.
-    """
-    leaves = set(leaf_names or [])
-    for _ in range(len(list(model.modules())) + 1):
-        tracer = _Tracer(leaves)
-        try:
-            graph = tracer.trace(model)
-        except Exception as e:  # anything the tracer cannot follow
-            failed = tracer.failed_at
-            if not failed or failed in leaves:
-                log.info(
-                    "%s does not trace with torch.fx (%s); quantizing layer by layer.",
-                    type(model).__name__,
-                    e,
-                )
-                return None
-            log.info("keeping %r as an opaque call in the quantized graph (%s)", failed, e)
-            leaves.add(failed)
-            continue
-        return graph, sorted(leaves)
-    return None
-
-
-# --- op classification ---------------------------------------------------------------------
-
-_ADD_FUNCS = {operator.add, torch.add, operator.iadd}
-_RELU_FUNCS = {F.relu, torch.relu, torch.relu_}
-_RELU6_FUNCS = {F.relu6}
-_PASS_FUNCS = {
-    torch.flatten,
-    torch.reshape,
-    torch.squeeze,
-    torch.unsqueeze,
-    torch.permute,
-    torch.transpose,
-    operator.getitem,
-    F.max_pool1d,
-    F.max_pool2d,
-    F.dropout,
-    torch.nn.functional.dropout2d,
-}
-_PASS_METHODS = {
-    "view",
-    "reshape",
-    "flatten",
-    "permute",
-    "transpose",
-    "contiguous",
-    "squeeze",
-    "unsqueeze",
-    "__getitem__",
-    "expand",
-    "narrow",
-}
-_PASS_MODULES = (
-    nn.Identity,
-    nn.Flatten,
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-)
-_NON_TENSOR_METHODS = {"size", "dim", "numel"}
-
-
-def _module_of(node: fx.Node, modules: dict[str, nn.Module]) -> nn.Module | None:
-    if node.op == "call_module":
-        return modules.get(str(node.target))
-    return None
-
-
-def _layer_kind(m: nn.Module | None) -> str | None:
-    """``"conv2d"``, ``"conv1d"`` or ``"linear"`` for quantized layers (fake or integer)."""
-    from .converting import IntLayer
-
-    if isinstance(m, QuantConv2d):
-        return "conv2d"
-    if isinstance(m, QuantConv1d):
-        return "conv1d"
-    if isinstance(m, QuantLinear):
-        return "linear"
-    if isinstance(m, IntLayer):
-        return m.kind
-    return None
-
-
-def _is_qop(node: fx.Node, modules: dict[str, nn.Module], targets: set[str]) -> bool:
+def _is_qop(node: fx.Node, targets: set[str]) -> bool:
     return node.op == "call_module" and str(node.target) in targets
-
-
-def _is_add(node: fx.Node) -> bool:
-    if node.op == "call_function" and node.target in _ADD_FUNCS:
-        return len(node.args) == 2 and not node.kwargs
-    if node.op == "call_method" and node.target in ("add", "__add__") and not node.kwargs:
-        return len(node.args) == 2
-    return False
-
-
-def _act_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
-    """``"relu"`` or ``"relu6"`` if ``node`` applies one (in place or not) to its first argument."""
-    m = _module_of(node, modules)
-    if m is not None:
-        if type(m) is nn.ReLU:
-            return "relu"
-        if type(m) is nn.ReLU6:
-            return "relu6"
-        if type(m) is nn.Hardtanh and m.min_val == 0.0 and m.max_val > 0:
-            return "relu6"
-        return None
-    if node.op == "call_function" and node.target in _RELU_FUNCS and len(node.args) >= 1:
-        return "relu"
-    if node.op == "call_function" and node.target in _RELU6_FUNCS:
-        return "relu6"
-    if node.op == "call_method" and node.target in ("relu", "relu_"):
-        return "relu"
-    return None
-
-
-def _pass_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
-    """How an op treats an integer input: ``"same"`` (exact as is), ``"relu"``, ``"pad"``, or ``None``."""
-    m = _module_of(node, modules)
-    if m is not None:
-        if isinstance(m, _PASS_MODULES):
-            return "same"
-        if type(m) is nn.ReLU:
-            return "relu"
-        if type(m) is nn.Upsample and m.mode == "nearest":
-            return "same"
-        return None
-    if node.op == "call_function":
-        if node.target in _RELU_FUNCS:
-            return "relu"
-        if node.target in _PASS_FUNCS:
-            return "same"
-        if node.target is F.pad:
-            mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
-            value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
-            if mode == "constant" and (value is None or value == 0):
-                return "pad"
-        if node.target is F.interpolate:
-            mode = node.kwargs.get("mode", "nearest")
-            if mode == "nearest":
-                return "same"
-        return None
-    if node.op == "call_method":
-        if node.target in _PASS_METHODS:
-            return "same"
-        if node.target in ("relu", "relu_"):
-            return "relu"
-    return None
-
-
-def _non_tensor(node: fx.Node) -> bool:
-    if node.op == "call_method" and node.target in _NON_TENSOR_METHODS:
-        return True
-    return (
-        node.op == "call_function"
-        and node.target is getattr
-        and node.args[1:] in (("shape",), ("dtype",), ("device",))
-    )
 
 
 @dataclass
@@ -284,34 +104,35 @@ def find_groups(
     """
     groups: dict[fx.Node, Group] = {}
     for node in graph.nodes:
-        if not _is_qop(node, modules, targets):
+        if not _is_qop(node, targets):
             continue
         g = Group(node)
-        kind = _layer_kind(modules.get(str(node.target)))
+        layer = modules.get(str(node.target))
+        fuses = isinstance(layer, QuantizedModule) and fuses_residual(layer.geometry)
         users = list(node.users)
-        if fuse_residual and kind == "conv2d" and len(users) == 1 and _is_add(users[0]):
+        if fuse_residual and fuses and len(users) == 1 and is_add(users[0]):
             add = users[0]
             a, b = add.args
             other = b if a is node else a
-            if isinstance(other, fx.Node) and other is not node and not _non_tensor(other):
+            if isinstance(other, fx.Node) and other is not node and not non_tensor(other):
                 g.add, g.other = add, other
         tail = g.tail
         users = list(tail.users)
         if len(users) == 1:
-            k = _act_kind(users[0], modules)
+            k = act_kind(users[0], modules)
             if k is not None and users[0].args and users[0].args[0] is tail:
                 g.act, g.act_kind = users[0], k
         groups[node] = g
     if not fuse_residual:
         tails = {g.tail: g for g in groups.values()}
         for node in graph.nodes:
-            if not _is_add(node):
+            if not is_add(node):
                 continue
             a, b = node.args
             if (
                 not (isinstance(a, fx.Node) and isinstance(b, fx.Node))
-                or _non_tensor(a)
-                or _non_tensor(b)
+                or non_tensor(a)
+                or non_tensor(b)
             ):
                 continue
             src = tails.get(a) or tails.get(b)
@@ -320,7 +141,7 @@ def find_groups(
             g = Group(node, kind="add", owner=str(src.layer.target))
             users = list(node.users)
             if len(users) == 1:
-                k = _act_kind(users[0], modules)
+                k = act_kind(users[0], modules)
                 if k is not None and users[0].args and users[0].args[0] is node:
                     g.act, g.act_kind = users[0], k
             groups[node] = g
@@ -350,15 +171,15 @@ class GraphPlan:
     visible: set[str] = field(default_factory=set)
     fuse_residual: bool = True
 
-    def install(self, model: nn.Module, config: Any, reduce: str) -> dict[str, list[FakeQuantize]]:
+    def install(
+        self, model: nn.Module, config: QuantConfig, reduce: str
+    ) -> dict[str, list[FakeQuantize]]:
         """Insert the quantizers (observing) and bind the graph as ``model.forward``.
 
         Returns:
             The quantizers to calibrate, by the layer each belongs to.
         """
-        from .ptq import _ranges, make_activation_quant
-
-        _, arange = _ranges(config, reduce)
+        _, arange = integer_ranges(config, reduce)
         if hasattr(model, GRAPH_ATTR):
             raise CompressionStateError(
                 f"{type(model).__name__} already has an attribute {GRAPH_ATTR!r}; it cannot be "
@@ -372,9 +193,7 @@ class GraphPlan:
         out: dict[str, list[FakeQuantize]] = {}
         for p in points:
             layer = model.get_submodule(p.layer)
-            fq = make_activation_quant(
-                config, p.layer, conv=not isinstance(layer, QuantLinear), arange=arange
-            )
+            fq = make_activation_quant(config, p.layer, geometry=layer.geometry, arange=arange)
             fq.to(layer.weight.device)
             container.quantizers[p.name] = fq
             out.setdefault(p.layer, []).append(fq)
@@ -397,11 +216,11 @@ def _needs_int(
     res = False
     for u in node.users:
         g = group_of_add.get(u)
-        if (_is_qop(u, modules, targets) and u.args and u.args[0] is node) or (
+        if (_is_qop(u, targets) and u.args and u.args[0] is node) or (
             g is not None and (g.other is node or (g.kind == "add" and node in u.args[:2]))
         ):
             res = True
-        elif _pass_kind(u, modules) is not None and u.args and u.args[0] is node:
+        elif pass_kind(u, modules) is not None and u.args and u.args[0] is node:
             res = _needs_int(u, modules, targets, group_of_add, memo)
         if res:
             break
@@ -424,7 +243,7 @@ def _int_state(
             if n is not None:
                 group_nodes[n] = g
     for node in graph.nodes:
-        m = _module_of(node, modules)
+        m = module_of(node, modules)
         if isinstance(m, FakeQuantize):
             state[node] = True
         elif node in group_nodes and node is group_nodes[node].tail:
@@ -432,9 +251,7 @@ def _int_state(
         elif node in group_nodes:
             state[node] = False
         elif (
-            _pass_kind(node, modules) is not None
-            and node.args
-            and isinstance(node.args[0], fx.Node)
+            pass_kind(node, modules) is not None and node.args and isinstance(node.args[0], fx.Node)
         ):
             state[node] = state.get(node.args[0], False)
         else:
@@ -524,7 +341,7 @@ def prepare_graph(
     visible = [t for t in targets if t in call_targets]
     if not visible:
         return None
-    _strip_identities(graph, dict(model.named_modules()))
+    strip_identities(graph, dict(model.named_modules()))
     return GraphPlan(
         graph=graph,
         leaf_names=leaves,
@@ -580,53 +397,15 @@ class QuantGraph(nn.Module):
         )
 
 
-def rebuild(model: nn.Module, container: QuantGraph) -> None:
-    """Re-trace a freshly loaded model and bind its graph (the fake-quant or the integer one).
-
-    Raises:
-        CompressionStateError: the model no longer traces to the same graph.
-    """
-    traced = trace_model(model, container.leaf_names)
-    if traced is None:
-        raise CompressionStateError(
-            f"{type(model).__name__} no longer traces with torch.fx; the saved graph-mode "
-            "quantization cannot be rebuilt on it."
-        )
-    graph, _ = traced
-    modules = dict(model.named_modules())
-    from .converting import IntLayer
-
-    targets = {n for n, m in modules.items() if isinstance(m, QuantLayer | IntLayer)}
-    graph = _strip_points(graph, modules)
-    _strip_identities(graph, modules)
-    points = plan_points(graph, modules, targets, container.fuse_residual)
-    names = sorted(p.name for p in points)
-    if names != sorted(container.quantizers.keys()):
-        raise CompressionStateError(
-            f"The traced graph of {type(model).__name__} does not match the saved quantized graph "
-            f"(quantizers {names[:4]}... vs {sorted(container.quantizers.keys())[:4]}...). Was the "
-            "model's code changed?"
-        )
-    insert_points(graph, points)
-    container.bind(model, graph)
-    if container.converted:
-        from .converting import build_integer_graph
-
-        container.converted = False
-        int_graph = build_integer_graph(model, graph, configure=False)
-        container.converted = True
-        container.bind(model, int_graph)
-
-
-def _strip_identities(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
+def strip_identities(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
     """Drop calls of ``nn.Identity`` (e.g. folded BatchNorms), so layers and activations are adjacent."""
     for node in list(graph.nodes):
-        if type(_module_of(node, modules)) is nn.Identity and node.args:
+        if type(module_of(node, modules)) is nn.Identity and node.args:
             node.replace_all_uses_with(node.args[0])  # type: ignore[arg-type]
             graph.erase_node(node)
 
 
-def _strip_points(graph: fx.Graph, modules: dict[str, nn.Module]) -> fx.Graph:
+def strip_points(graph: fx.Graph, modules: dict[str, nn.Module]) -> fx.Graph:
     """Remove calls of graph quantizers (tracing a model whose forward is bound already)."""
     for node in list(graph.nodes):
         if node.op == "call_module" and str(node.target).startswith(f"{GRAPH_ATTR}."):

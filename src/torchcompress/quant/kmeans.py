@@ -10,19 +10,24 @@ Hessian ``X^T X``), as in SqueezeLLM's sensitivity-weighted k-means (Kim et al. 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import io
-from ..batches import iter_batches, run_model
+from ..calibration import collect
 from ..errors import ConfigError, DataError, NumericalError, SelectionError
+from ..layers import Geometry, canonical_weight
+from ..layers import forward as layer_forward
 from ..progress import progress_bar
-from ..select import module_device_dtype, replace_modules, snapshot_modules
+from ..select import replace_modules, snapshot_modules
 from . import functional as QF
+from .build import select_quant_targets
+from .geometry import geometry_of
+from .modules import QuantizedModule
 
 __all__ = ["KMeansLayer", "kmeans_1d", "kmeans_quantize"]
 
@@ -111,40 +116,36 @@ def kmeans_1d(
     return cent, torch.searchsorted(bounds, v)
 
 
-class KMeansLayer(nn.Module):
-    """A Linear / Conv1d / Conv2d whose weights are indices into a per-layer codebook.
+class KMeansLayer(QuantizedModule):
+    """A layer (Linear, convolution, any registered layer kind) whose weights are indices into a
+    per-layer codebook.
 
     State: ``indices`` (packed, ``bits`` per index), ``codebook`` (``2^bits`` float32 centroids) and
     ``bias``. The weights are looked up from the codebook on the fly at every forward (no integer
     kernel multiplies codebook indices; the saving is in storage).
+
+    Args:
+        geometry: the dense map (:class:`~torchcompress.layers.Geometry`; weights in its canonical
+            layout, a bias if ``geometry.bias``).
+        bits: bits per index.
+        source: the class name of the layer it replaced.
+        dtype: the bias's dtype.
+        device: where the state is allocated.
     """
 
     def __init__(
         self,
-        kind: str,
-        weight_shape: tuple[int, ...],
+        geometry: Geometry,
         bits: int,
         *,
-        bias: bool = True,
-        stride: tuple[int, ...] = (),
-        padding: tuple[int, ...] | str = (),
-        dilation: tuple[int, ...] = (),
-        groups: int = 1,
-        padding_mode: str = "zeros",
         source: str = "",
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        self.kind = kind
-        self.weight_shape = tuple(int(s) for s in weight_shape)
+        self.geometry = geometry
         self.bits = int(bits)
-        self.stride, self.padding, self.dilation = (
-            tuple(stride),
-            padding if isinstance(padding, str) else tuple(padding),
-            tuple(dilation),
-        )
-        self.groups, self.padding_mode, self.source = groups, padding_mode, source or kind
+        self.source = source or geometry.kind
         numel = 1
         for s in self.weight_shape:
             numel *= s
@@ -155,8 +156,16 @@ class KMeansLayer(nn.Module):
         )
         self.register_buffer("codebook", torch.zeros(2**self.bits, device=device))
         self.register_buffer(
-            "bias", torch.zeros(self.weight_shape[0], dtype=dtype, device=device) if bias else None
+            "bias",
+            torch.zeros(geometry.out_features, dtype=dtype, device=device)
+            if geometry.bias
+            else None,
         )
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        """The canonical weight shape ``(out, in / groups, *kernel)``."""
+        return self.geometry.weight_shape
 
     @property
     def weight(self) -> Tensor:
@@ -167,23 +176,7 @@ class KMeansLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight.to(x.dtype)
         b = None if self.bias is None else self.bias.to(x.dtype)
-        if self.kind == "linear":
-            return F.linear(x, w, b)
-        conv = F.conv2d if self.kind == "conv2d" else F.conv1d
-        if self.padding_mode != "zeros":
-            pad: list[int] = []
-            for p in reversed(self.padding):  # type: ignore[arg-type]
-                pad += [p, p]
-            return conv(
-                F.pad(x, pad, mode=self.padding_mode),
-                w,
-                b,
-                self.stride,
-                0,
-                self.dilation,
-                self.groups,
-            )
-        return conv(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+        return layer_forward(self.geometry, x, w, b)
 
     def extra_repr(self) -> str:
         return (
@@ -192,53 +185,11 @@ class KMeansLayer(nn.Module):
         )
 
 
-def _importance(
-    model: nn.Module, names: list[str], data: Any, max_batches: int | None, progress: bool | None
-) -> dict[str, Tensor]:
-    """``E[x_j^2]`` of each input feature (channel for convolutions) of each named layer."""
-    sums: dict[str, Tensor] = {}
-    counts: dict[str, int] = {}
-    handles = []
-    for name in names:
-        layer = model.get_submodule(name)
-
-        def hook(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
-            x = args[0].detach().float()
-            if not bool(torch.isfinite(x).all()):
-                raise NumericalError(f"NaN or Inf in the input activations of {name!r}.")
-            if isinstance(mod, nn.Conv1d | nn.Conv2d):
-                xc = x.transpose(0, 1).reshape(x.shape[1], -1)
-            else:
-                xc = x.reshape(-1, x.shape[-1]).t()
-            s = (xc**2).sum(1)
-            sums[name] = sums[name] + s if name in sums else s
-            counts[name] = counts.get(name, 0) + xc.shape[1]
-
-        handles.append(layer.register_forward_pre_hook(hook))
-    device, _ = module_device_dtype(model)
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            for i, b in enumerate(
-                progress_bar(
-                    iter_batches(data, max_batches=max_batches, device=device, what="calib_data"),
-                    desc="k-means importance",
-                    enabled=progress,
-                )
-            ):
-                run_model(model, b, index=i, what="calib_data")
-    finally:
-        for h in handles:
-            h.remove()
-        for m, t in modes.items():
-            m.training = t
-    missing = [n for n in names if n not in sums]
-    if missing:
-        from ..errors import CalibrationError
-
-        raise CalibrationError(f"calib_data produced no activations for {missing[:8]}.")
-    return {n: sums[n] / counts[n] for n in names}
+def _feature_weights(e: Tensor, geometry: Geometry) -> Tensor:
+    """Each weight's importance: ``E[x^2]`` of the input channel it multiplies (``e``, one value
+    per input channel), in the canonical weight shape."""
+    per_tap = e.reshape(-1, *([1] * geometry.spatial_dims)).expand(geometry.feature_shape)
+    return geometry.expand_features(per_tap)
 
 
 def kmeans_quantize(
@@ -263,7 +214,8 @@ def kmeans_quantize(
         weighted: ``False`` (plain k-means), ``"activation"`` or ``True`` (weight each value by
             ``E[x^2]`` of its input feature, from ``calib_data``), or ``"magnitude"`` (by ``|w|``).
         calib_data: batches for ``weighted="activation"``.
-        include: glob patterns of layers to quantize (default: every Linear/Conv1d/Conv2d/HF Conv1D).
+        include: glob patterns of layers to quantize (default: every layer of a registered kind:
+            Linear, convolutions, HF Conv1D, ...).
         exclude: glob patterns of layers to keep.
         init: ``"kmeans++"`` or ``"linear"``.
         iters: Lloyd iterations at most.
@@ -284,8 +236,6 @@ def kmeans_quantize(
         >>> int(m[0].weight.unique().numel()) <= 4
         True
     """
-    from .ptq import select_quant_targets
-
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
         raise ConfigError(f"kmeans_quantize: bits={bits!r} must be an int from 1 to 8.")
     if weighted is True:
@@ -300,61 +250,42 @@ def kmeans_quantize(
     if not targets:
         raise SelectionError(f"{type(model).__name__} has no layer for k-means quantization.")
     names = [n for n, _ in targets]
-    imp = (
-        _importance(model, names, calib_data, max_batches, progress)
-        if weighted == "activation"
-        else {}
-    )
-    hf = None
-    from .ptq import _hf_conv1d
-
-    hf = _hf_conv1d()
+    imp = {}
+    if weighted == "activation":
+        stats = collect(
+            model,
+            calib_data,
+            {n: ["channel_sq"] for n in names},
+            max_batches=max_batches,
+            progress=progress,
+            desc="k-means importance",
+        )
+        imp = {n: stats[n]["channel_sq"] for n in names}
 
     def build(old: nn.Module, name: str) -> KMeansLayer:
-        w = old.weight.detach()
-        if hf is not None and isinstance(old, hf):
-            w = w.t()
+        geo = geometry_of(old, name)
+        w = canonical_weight(old, name=name).detach()
         if not bool(torch.isfinite(w).all()):
             raise NumericalError(f"The weight of {name!r} holds NaN or Inf.")
-        if isinstance(old, nn.Conv1d | nn.Conv2d):
-            kind = "conv2d" if isinstance(old, nn.Conv2d) else "conv1d"
-            kw: dict[str, Any] = {
-                "stride": old.stride,
-                "padding": old.padding,
-                "dilation": old.dilation,
-                "groups": old.groups,
-                "padding_mode": old.padding_mode,
-            }
-        else:
-            kind, kw = "linear", {}
         weights = None
         if weighted == "activation":
-            e = imp[name]
-            if kind == "linear":
-                weights = e.reshape(1, -1).expand_as(w)
-            else:
-                cin = w.shape[1]
-                per = e.reshape(old.groups, cin)  # type: ignore[union-attr]
-                weights = per.repeat_interleave(w.shape[0] // old.groups, dim=0)  # type: ignore[union-attr]
-                weights = weights.reshape(w.shape[0], cin, *([1] * (w.dim() - 2))).expand_as(w)
+            weights = _feature_weights(imp[name], geo)
         elif weighted == "magnitude":
             weights = w.abs()
         cent, lab = kmeans_1d(w, 2**bits, weights=weights, init=init, iters=iters, seed=seed)
+        bias = getattr(old, "bias", None)
         layer = KMeansLayer(
-            kind,
-            tuple(w.shape),
+            dataclasses.replace(geo, bias=isinstance(bias, Tensor)),
             bits,
-            bias=old.bias is not None,
             source=type(old).__name__,
             dtype=w.dtype,
             device=w.device,
-            **kw,
         )
         with torch.no_grad():
             layer.indices.copy_(QF.pack_int(lab, bits, 0))
             layer.codebook.copy_(cent)
-            if old.bias is not None:
-                layer.bias.copy_(old.bias.detach())
+            if layer.bias is not None:
+                layer.bias.copy_(bias.detach())
         return layer
 
     built = {

@@ -5,7 +5,11 @@ the resulting ``scale`` and ``zero_point`` as buffers, and fake-quantizes (quant
 straight-through gradients). :class:`QuantLinear`, :class:`QuantConv1d` and :class:`QuantConv2d`
 keep float master weights and fake-quantize their weight, their input and, where the integer model
 re-quantizes it, their output. They compute exactly what :func:`torchcompress.convert` runs with
-integer kernels.
+integer kernels. Every module quantization puts in place of a dense layer derives from
+:class:`QuantizedModule`: it keeps the :class:`~torchcompress.layers.Geometry` of the layer it replaced
+(``geometry``, any registered layer kind: Linear, convolutions, Hugging Face's ``Conv1D``, a kind
+registered from outside) and runs its layer through :func:`torchcompress.layers.forward`. Quantizers
+and quantized layers are leaves of :mod:`torchcompress.tracing` (never traced into).
 """
 
 from __future__ import annotations
@@ -13,17 +17,45 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import NumericalError
+from ..errors import CalibrationError, ConfigError, NumericalError
+from ..layers import Geometry
+from ..layers import forward as layer_forward
+from ..tracing import register_leaf
 from . import functional as QF
-from .observers import Observer, make_observer
+from .geometry import geometry_repr
+from .granularity import granularity
+from .observers import Observer, ObserverSpec, observer_spec
 from .spec import IntSpec
 
-__all__ = ["FakeQuantize", "QuantConv1d", "QuantConv2d", "QuantLayer", "QuantLinear"]
+__all__ = [
+    "FakeQuantize",
+    "QuantConv1d",
+    "QuantConv2d",
+    "QuantConv3d",
+    "QuantLayer",
+    "QuantLinear",
+    "QuantizedModule",
+    "quant_layer_class",
+]
 
 
+@register_leaf
+class QuantizedModule(nn.Module):
+    """Base of every module quantization puts in place of a dense layer (fake-quant, integer,
+    codebook): the quantization verbs leave these alone, and ``geometry`` (a
+    :class:`~torchcompress.layers.Geometry`) is the dense map the layer computes."""
+
+    geometry: Geometry
+
+    @property
+    def kind(self) -> str:
+        """The registered layer kind of the layer it replaced (``geometry.kind``)."""
+        return self.geometry.kind
+
+
+@register_leaf
 class FakeQuantize(nn.Module):
     """Simulated integer quantization of a weight or an activation.
 
@@ -41,12 +73,14 @@ class FakeQuantize(nn.Module):
     Args:
         spec: the integer format.
         role: ``"weight"`` or ``"activation"`` (activations widen their range to include zero).
-        observer: registered observer name, or an :class:`~torchcompress.quant.observers.Observer`.
+        observer: a registered observer name, its spec (e.g. ``Percentile(99.9)``), or an
+            :class:`~torchcompress.quant.observers.Observer`.
         dynamic: activations only; ranges from each input (min/max), nothing calibrated.
         quant_min: integer range actually used (default: the spec's full range).
         quant_max: see ``quant_min``.
         shape: ``(rows, cols)`` of the canonical 2-D weight (weights only).
-        observer_options: options for the observer (``percentile``, ``bins``, ...).
+        observer_options: options for an observer given by name (``percentile``, ``bins``, ...;
+            those it does not take are ignored).
         name: the owning layer's qualified name, used in error messages.
 
     Example:
@@ -66,7 +100,7 @@ class FakeQuantize(nn.Module):
         spec: IntSpec,
         *,
         role: str = "activation",
-        observer: str | Observer = "minmax",
+        observer: str | ObserverSpec | Observer = "minmax",
         dynamic: bool = False,
         quant_min: int | None = None,
         quant_max: int | None = None,
@@ -76,7 +110,7 @@ class FakeQuantize(nn.Module):
     ) -> None:
         super().__init__()
         if role not in ("weight", "activation"):
-            raise ValueError(f"role must be 'weight' or 'activation', got {role!r}")
+            raise ConfigError(f"FakeQuantize: role must be 'weight' or 'activation', got {role!r}.")
         self.spec = spec
         self.role = role
         self.dynamic = bool(dynamic)
@@ -88,7 +122,9 @@ class FakeQuantize(nn.Module):
         self.include_zero = role == "activation"
         if role == "weight":
             if shape is None:
-                raise ValueError("a weight quantizer needs shape=(rows, cols)")
+                raise ConfigError(
+                    f"FakeQuantize {name!r}: a weight quantizer needs shape=(rows, cols)."
+                )
             self.shape = (int(shape[0]), int(shape[1]))
             qshape = QF.qparam_shape(*self.shape, spec.granularity, spec.group_size)
         else:
@@ -97,31 +133,45 @@ class FakeQuantize(nn.Module):
         self.register_buffer("scale", torch.ones(qshape))
         self.scale._tc_keep_dtype = True  # replace_modules keeps it float32
         self.register_buffer("zero_point", torch.zeros(qshape, dtype=torch.int32))
-        self.observer_name = observer if isinstance(observer, str) else type(observer).__name__
         if isinstance(observer, Observer):
+            self.observer_spec = observer.spec
             self.observer: Observer | None = observer
-        elif self.dynamic:
-            self.observer = None
         else:
-            self.observer = make_observer(
-                observer,
-                qmin=self.quant_min,
-                qmax=self.quant_max,
-                symmetric=spec.symmetric,
-                include_zero=self.include_zero,
-                exact=role == "weight",
-                **(observer_options or {}),
-            )
+            self.observer_spec = observer_spec(observer, **(observer_options or {}))
+            self.observer = None if self.dynamic else self.make_observer()
         self.observing = False
         self.enabled = True
         self.calibrated = self.dynamic
         #: observe ``max(x, 0)`` (an output followed by a ReLU in the integer graph)
         self.observe_relu = False
 
+    @property
+    def observer_name(self) -> str:
+        """The registered name of the quantizer's observer."""
+        return self.observer_spec.name
+
+    def make_observer(self) -> Observer:
+        """A fresh observer of :attr:`observer_spec` for the quantizer's current integer range."""
+        obs = self.observer_spec.build(
+            self.quant_min,
+            self.quant_max,
+            symmetric=self.spec.symmetric,
+            include_zero=self.include_zero,
+            exact=self.role == "weight",
+        )
+        return obs.to(self.zero_point.device)
+
     def _apply(self, fn: Any, recurse: bool = True) -> FakeQuantize:
         super()._apply(fn, recurse)
         _keep_float32(self, ("scale",))
         return self
+
+    def refresh(self, weight2d: Tensor) -> None:
+        """Bring a weight quantizer's range up to date with ``weight2d`` before conversion.
+
+        Post-training quantizers keep the range they were calibrated with (a no-op here);
+        quantizers whose range follows the weight during training recompute it.
+        """
 
     # -- calibration ----------------------------------------------------------------------
 
@@ -146,12 +196,32 @@ class FakeQuantize(nn.Module):
         if self.dynamic:
             return
         if self.observer is None:
-            raise RuntimeError(f"{self.name}: quantizer has no observer to calibrate from")
+            raise CalibrationError(
+                f"{self.name or 'a quantizer'}: it has no observer to calibrate from (it was built "
+                "around an explicit range); build it with an observer name or spec."
+            )
         scale, zp = self.observer.qparams()
         with torch.no_grad():
             self.scale.copy_(scale.reshape(self.scale.shape).to(self.scale))
             self.zero_point.copy_(zp.reshape(self.zero_point.shape).to(self.zero_point))
         self.calibrated = True
+
+    def begin_range_pass(self) -> None:
+        """Calibration's first pass, for observers that need one (histograms): track only the
+        range of the activations (see :meth:`~torchcompress.quant.observers.Observer.begin_range_pass`)."""
+        if self.observer is not None:
+            self.observer.begin_range_pass()
+
+    def end_range_pass(self) -> None:
+        """Fix the range the first pass saw (all-reduced across ranks under ``torch.distributed``)."""
+        if self.observer is not None:
+            self.observer.end_range_pass(self.zero_point.device)
+
+    def all_reduce(self) -> None:
+        """Combine what the quantizer observed on every rank before :meth:`calibrate` (a no-op in
+        one process; every rank calls it, in the same order)."""
+        if self.observer is not None:
+            self.observer.all_reduce(self.zero_point.device)
 
     def learnable_scale(self) -> nn.Parameter:
         """Turn ``scale`` into an ``nn.Parameter`` (for LSQ-style training); the state key is unchanged."""
@@ -167,17 +237,23 @@ class FakeQuantize(nn.Module):
             return QF.to_groups(x.reshape(self.shape), self.granularity, self.group_size)  # type: ignore[arg-type]
         return x.reshape(1, -1)
 
+    def elements_per_scale(self, x: Tensor) -> int:
+        """How many elements share one scale (LSQ's ``N``): of the weight, or, for activations,
+        the features of one example (Esser et al.'s ``N_F``)."""
+        if self.role == "weight":
+            rows, cols = self.shape  # type: ignore[misc]
+            return granularity(self.granularity).elements_per_scale(rows, cols, self.group_size)
+        return max(1, x.numel() // max(1, x.shape[0] if x.dim() > 1 else 1))
+
     # -- simulation -----------------------------------------------------------------------
 
     def qparams_for(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The scale and zero point applied to ``x`` (stored, or computed from ``x`` if dynamic)."""
         if not self.dynamic:
             return self.scale, self.zero_point
-        if self.granularity == "token":
-            return QF.token_qparams(
-                x, self.quant_min, self.quant_max, symmetric=self.spec.symmetric
-            )
-        return QF.tensor_qparams(x, self.quant_min, self.quant_max, symmetric=self.spec.symmetric)
+        return QF.dynamic_qparams(
+            x, self.granularity, self.quant_min, self.quant_max, symmetric=self.spec.symmetric
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         if self.observing:
@@ -216,10 +292,18 @@ def _keep_float32(module: nn.Module, names: tuple[str, ...]) -> None:
                 module._buffers[n] = t.float()
 
 
-class QuantLayer(nn.Module):
+class QuantLayer(QuantizedModule):
     """Base of the fake-quant layers: float master ``weight``/``bias`` plus quantizers.
 
+    Args:
+        geometry: the dense map (``None``: a subclass sets it up).
+        device: where the (uninitialised) weight and the zero bias are allocated.
+        dtype: their dtype.
+        source: the class name of the layer it replaces.
+
     Attributes:
+        geometry: the layer's :class:`~torchcompress.layers.Geometry` (the weight is stored in its
+            canonical layout ``(out, in / groups, *kernel)``).
         weight_quant: quantizer of the weight (``None``: float weight).
         input_quant: quantizer of the input (``None``: float input, or an input already quantized
             upstream in the integer graph).
@@ -230,12 +314,48 @@ class QuantLayer(nn.Module):
     weight: nn.Parameter
     bias: nn.Parameter | None
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        geometry: Geometry | None = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        source: str = "",
+    ) -> None:
         super().__init__()
         self.weight_quant: FakeQuantize | None = None
         self.input_quant: FakeQuantize | None = None
         self.output_quant: FakeQuantize | None = None
-        self.source = ""
+        self.source = source
+        if geometry is not None:
+            self.geometry = geometry
+            self.weight = nn.Parameter(
+                torch.empty(geometry.weight_shape, device=device, dtype=dtype)
+            )
+            self.bias = (
+                nn.Parameter(torch.zeros(geometry.out_features, device=device, dtype=dtype))
+                if geometry.bias
+                else None
+            )
+
+    @classmethod
+    def from_geometry(
+        cls,
+        geometry: Geometry,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        source: str = "",
+    ) -> QuantLayer:
+        """A layer of this class for ``geometry`` (uninitialised weight, zero bias if it has one)."""
+        layer = cls.__new__(cls)
+        QuantLayer.__init__(layer, geometry, device=device, dtype=dtype)
+        layer.source = source or layer.default_source()
+        return layer
+
+    def default_source(self) -> str:
+        """The name of the torch layer this class stands for (``"Linear"``, ``"Conv2d"``)."""
+        return "Linear"
 
     @property
     def weight_shape2d(self) -> tuple[int, int]:
@@ -243,15 +363,25 @@ class QuantLayer(nn.Module):
         w = self.weight
         return int(w.shape[0]), int(w[0].numel())
 
+    def weight_to_quantize(self) -> Tensor:
+        """The float weight the weight quantizer sees (the master weight; a training layer may
+        fold more into it, e.g. a BatchNorm)."""
+        return self.weight
+
     def quantized_weight(self) -> Tensor:
         """The weight as the integer model sees it (fake-quantized), in the weight's shape."""
+        w = self.weight_to_quantize()
         if self.weight_quant is None:
-            return self.weight
-        w2d = self.weight.reshape(self.weight_shape2d)
-        return self.weight_quant(w2d).reshape(self.weight.shape)
+            return w
+        return self.weight_quant(w.reshape(self.weight_shape2d)).reshape(w.shape)
 
     def _op(self, x: Tensor, weight: Tensor) -> Tensor:
-        raise NotImplementedError
+        return self._run(x, weight, self.bias)
+
+    def _run(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """The layer's map with ``weight`` and ``bias`` (cast to the input's dtype)."""
+        b = None if bias is None else bias.to(x.dtype)
+        return layer_forward(self.geometry, x, weight.to(x.dtype), b)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.input_quant is not None:
@@ -260,6 +390,14 @@ class QuantLayer(nn.Module):
         if self.output_quant is not None:
             y = self.output_quant(y)
         return y
+
+    def finalized(self) -> QuantLayer:
+        """The plain fake-quant layer :func:`torchcompress.convert` turns into integers: this layer,
+        with its weight quantizer's range brought up to date (:meth:`FakeQuantize.refresh`).
+        Training layers (e.g. with a BatchNorm folded in) return a new plain layer."""
+        if self.weight_quant is not None:
+            self.weight_quant.refresh(self.weight.detach().reshape(self.weight_shape2d))
+        return self
 
     def quantizers(self) -> dict[str, FakeQuantize]:
         """The layer's quantizers by role (``weight``, ``input``, ``output``)."""
@@ -270,9 +408,17 @@ class QuantLayer(nn.Module):
                 out[role] = q
         return out
 
+    def extra_repr(self) -> str:
+        s = geometry_repr(self.geometry) + f", bias={self.bias is not None}"
+        return s + (
+            f", {self.geometry.kind}" if self.geometry.kind not in ("linear", "conv") else ""
+        )
+
 
 class QuantLinear(QuantLayer):
-    """Fake-quant ``nn.Linear`` (also used for Hugging Face's ``Conv1D``, with the weight transposed).
+    """Fake-quant ``nn.Linear``, and of any layer kind that is a map over the last dimension
+    (Hugging Face's ``Conv1D``, a kind registered from outside), with the weight in the canonical
+    ``(out, in)`` layout.
 
     Example:
         >>> import torch, torchcompress as tc
@@ -292,19 +438,18 @@ class QuantLinear(QuantLayer):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
-        self.source = source
-        self.weight = nn.Parameter(
-            torch.empty(out_features, in_features, device=device, dtype=dtype)
-        )
-        self.bias = (
-            nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
-        )
+        geo = Geometry("linear", int(in_features), int(out_features), bias=bias)
+        super().__init__(geo, device=device, dtype=dtype, source=source)
 
-    def _op(self, x: Tensor, weight: Tensor) -> Tensor:
-        return F.linear(x, weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+    @property
+    def in_features(self) -> int:
+        """Input features."""
+        return self.geometry.in_features
+
+    @property
+    def out_features(self) -> int:
+        """Output features."""
+        return self.geometry.out_features
 
     def extra_repr(self) -> str:
         src = "" if self.source == "Linear" else f", from {self.source}"
@@ -318,10 +463,10 @@ class _QuantConvNd(QuantLayer):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: tuple[int, ...],
-        stride: tuple[int, ...],
-        padding: tuple[int, ...] | str,
-        dilation: tuple[int, ...],
+        kernel_size: tuple[int, ...] | int,
+        stride: tuple[int, ...] | int = 1,
+        padding: tuple[int, ...] | int | str = 0,
+        dilation: tuple[int, ...] | int = 1,
         groups: int = 1,
         bias: bool = True,
         padding_mode: str = "zeros",
@@ -329,43 +474,66 @@ class _QuantConvNd(QuantLayer):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = tuple(kernel_size)
-        self.stride = tuple(stride)
-        self.padding = padding if isinstance(padding, str) else tuple(padding)
-        self.dilation = tuple(dilation)
-        self.groups = groups
-        self.padding_mode = padding_mode
-        self.source = f"Conv{self._nd}d"
-        self.weight = nn.Parameter(
-            torch.empty(
-                out_channels, in_channels // groups, *self.kernel_size, device=device, dtype=dtype
-            )
-        )
-        self.bias = (
-            nn.Parameter(torch.zeros(out_channels, device=device, dtype=dtype)) if bias else None
-        )
+        def nd(v: Any) -> tuple[int, ...]:
+            return tuple(int(i) for i in v) if isinstance(v, list | tuple) else (int(v),) * self._nd
 
-    def _reversed_padding(self) -> list[int]:
-        out: list[int] = []
-        for d, k, p in zip(
-            reversed(self.dilation), reversed(self.kernel_size), reversed(self.padding)
-        ):  # type: ignore[arg-type]
-            out += (
-                [p, p] if isinstance(p, int) else [d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2]
-            )
-        return out
+        geo = Geometry(
+            "conv",
+            int(in_channels),
+            int(out_channels),
+            kernel_size=nd(kernel_size),
+            stride=nd(stride),
+            padding=padding if isinstance(padding, str) else nd(padding),
+            dilation=nd(dilation),
+            groups=int(groups),
+            padding_mode=padding_mode,
+            bias=bias,
+        )
+        super().__init__(geo, device=device, dtype=dtype, source=f"Conv{self._nd}d")
 
-    def _op(self, x: Tensor, weight: Tensor) -> Tensor:
-        conv = F.conv2d if self._nd == 2 else F.conv1d
-        w = weight.to(x.dtype)
-        b = None if self.bias is None else self.bias.to(x.dtype)
-        if self.padding_mode != "zeros":
-            x = F.pad(x, self._reversed_padding(), mode=self.padding_mode)
-            return conv(x, w, b, self.stride, 0, self.dilation, self.groups)
-        return conv(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+    def default_source(self) -> str:
+        return f"Conv{self._nd}d"
+
+    # the attributes of torch's convolutions, read from the geometry
+    @property
+    def in_channels(self) -> int:
+        """Input channels."""
+        return self.geometry.in_features
+
+    @property
+    def out_channels(self) -> int:
+        """Output channels."""
+        return self.geometry.out_features
+
+    @property
+    def kernel_size(self) -> tuple[int, ...]:
+        """The kernel size."""
+        return self.geometry.kernel_size
+
+    @property
+    def stride(self) -> tuple[int, ...]:
+        """The stride."""
+        return self.geometry.stride
+
+    @property
+    def padding(self) -> tuple[int, ...] | str:
+        """The padding (numbers, ``"same"`` or ``"valid"``)."""
+        return self.geometry.padding
+
+    @property
+    def dilation(self) -> tuple[int, ...]:
+        """The dilation."""
+        return self.geometry.dilation
+
+    @property
+    def groups(self) -> int:
+        """The groups."""
+        return self.geometry.groups
+
+    @property
+    def padding_mode(self) -> str:
+        """The padding mode."""
+        return self.geometry.padding_mode
 
     def extra_repr(self) -> str:
         s = (
@@ -393,3 +561,32 @@ class QuantConv1d(_QuantConvNd):
     """Fake-quant ``nn.Conv1d``."""
 
     _nd = 1
+
+
+class QuantConv3d(_QuantConvNd):
+    """Fake-quant ``nn.Conv3d``."""
+
+    _nd = 3
+
+
+#: the fake-quant class of a convolution, by its number of spatial dimensions
+_CONV_CLASSES: dict[int, type[QuantLayer]] = {
+    c._nd: c for c in (QuantConv1d, QuantConv2d, QuantConv3d)
+}
+
+
+def quant_layer_class(geometry: Geometry) -> type[QuantLayer]:
+    """The fake-quant layer class of a geometry: :class:`QuantLinear` for maps over the last
+    dimension (any kind without a kernel), ``QuantConv1d/2d/3d`` for 1- to 3-D kernels.
+
+    Raises:
+        ConfigError: a kernel with more spatial dimensions.
+    """
+    if not geometry.kernel_size:
+        return QuantLinear
+    try:
+        return _CONV_CLASSES[geometry.spatial_dims]
+    except KeyError:
+        raise ConfigError(
+            f"No fake-quant layer for a {geometry.spatial_dims}-D kernel ({geometry.kind!r})."
+        ) from None

@@ -24,6 +24,7 @@ Requires ``onnx`` (``pip install torchcompress[onnx]``); uses torch's TorchScrip
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import warnings
 from typing import Any
@@ -33,8 +34,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import CompressionStateError, DependencyError
+from ..layers import Geometry
+from ..layers import forward as layer_forward
 from ..select import set_module
 from . import functional as QF
+from .geometry import symmetric_padding
+from .graph import container_of
+from .int_layer import IntLayer
+from .modules import QuantLayer
 
 __all__ = ["export_onnx"]
 
@@ -170,14 +177,11 @@ def _dynamic_formula(x: Tensor, act: dict[str, Any]) -> Tensor:
 class _ExportLayer(nn.Module):
     """A quantized layer written for the ONNX exporter (built from a fake-quant or integer layer)."""
 
-    def __init__(
-        self, kind: str, weight: Tensor, bias: Tensor | None, conv: dict[str, Any]
-    ) -> None:
+    def __init__(self, geometry: Geometry, weight: Tensor, bias: Tensor | None) -> None:
         super().__init__()
-        self.kind = kind
+        self.geometry = geometry
         self.register_buffer("weight", weight.detach().float().clone())
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
-        self.conv = conv
         self.wq: tuple[_Const, _Const, _Const, int | None] | None = None
         self.act: dict[str, Any] | None = None
         self.in_qp: tuple[float, int] | None = None
@@ -193,7 +197,7 @@ class _ExportLayer(nn.Module):
             return
         q = q2d.reshape(self.weight.shape).to(torch.int8)
         if (
-            self.kind == "linear"
+            not self.geometry.kernel_size  # a map over the last dimension: ONNX's MatMulInteger
             and self.act is not None
             and self.act["dynamic"]
             and self.act["granularity"] == "tensor"
@@ -235,19 +239,7 @@ class _ExportLayer(nn.Module):
                 x = _fq_formula(
                     x, torch.tensor(s), torch.tensor(float(z)), int(a["qmin"]), int(a["qmax"])
                 )
-        if self.kind == "linear":
-            y = F.linear(x, w, self.bias)
-        else:
-            c = self.conv
-            conv = F.conv2d if self.kind == "conv2d" else F.conv1d
-            if c["padding_mode"] != "zeros":
-                pad: list[int] = []
-                for p in reversed(c["padding"]):
-                    pad += [p, p]
-                x = F.pad(x, pad, mode=c["padding_mode"])
-                y = conv(x, w, self.bias, c["stride"], 0, c["dilation"], c["groups"])
-            else:
-                y = conv(x, w, self.bias, c["stride"], c["padding"], c["dilation"], c["groups"])
+        y = layer_forward(self.geometry, x, w, self.bias)
         if self.out is not None:
             s, z, qmin, qmax = self.out
             y = _QDQ.apply(y, s, z, qmin, qmax)
@@ -283,23 +275,17 @@ class _KeywordInputs(nn.Module):
         return out
 
 
-def _conv_args(m: Any) -> dict[str, Any]:
-    pad = m.padding
-    if isinstance(pad, str):
-        from .converting import IntLayer
-
-        pad = IntLayer.int_padding(m) if isinstance(m, IntLayer) else None
+def _export_geometry(m: QuantLayer | IntLayer) -> Geometry:
+    """The layer's geometry with numeric padding (``"same"``/``"valid"`` resolved)."""
+    geo = m.geometry
+    if isinstance(geo.padding, str):
+        pad = symmetric_padding(geo)
         if pad is None:
             raise CompressionStateError(
-                f"padding={m.padding!r} cannot be exported; use explicit padding."
+                f"padding={geo.padding!r} cannot be exported; use explicit padding."
             )
-    return {
-        "stride": tuple(m.stride),
-        "padding": tuple(pad),
-        "dilation": tuple(m.dilation),
-        "groups": m.groups,
-        "padding_mode": m.padding_mode,
-    }
+        geo = dataclasses.replace(geo, padding=pad)
+    return geo
 
 
 def _act_dict(fq: Any) -> dict[str, Any]:
@@ -313,18 +299,9 @@ def _act_dict(fq: Any) -> dict[str, Any]:
 
 
 def _twin_of(m: nn.Module) -> nn.Module | None:
-    from .converting import IntLayer
-    from .modules import QuantLayer, QuantLinear
-
     if isinstance(m, QuantLayer):
-        kind = (
-            "linear"
-            if isinstance(m, QuantLinear)
-            else ("conv2d" if m.weight.dim() == 4 else "conv1d")
-        )
-        t = _ExportLayer(
-            kind, m.quantized_weight(), m.bias, {} if kind == "linear" else _conv_args(m)
-        )
+        w = m.quantized_weight()
+        t = _ExportLayer(_export_geometry(m), w, m.bias)
         if m.input_quant is not None:
             t.act = _act_dict(m.input_quant)
             if not m.input_quant.dynamic:
@@ -354,9 +331,7 @@ def _twin_of(m: nn.Module) -> nn.Module | None:
             )
         return t
     if isinstance(m, IntLayer):
-        t = _ExportLayer(
-            m.kind, m.dequantized_weight(), m.bias, {} if m.kind == "linear" else _conv_args(m)
-        )
+        t = _ExportLayer(_export_geometry(m), m.dequantized_weight(), m.bias)
         if m.act is not None and not m.graph_mode:  # graph layers: the graph quantizes the input
             t.act = dict(m.act)
             if not m.act["dynamic"]:
@@ -429,7 +404,6 @@ def export_onnx(
         import onnx  # noqa: F401
     except ImportError as e:
         raise DependencyError("export_onnx needs 'onnx': pip install 'torchcompress[onnx]'.") from e
-    from .graph import container_of
 
     if opset < 13:
         raise CompressionStateError(

@@ -14,8 +14,10 @@ The surface (also as ``tc.<name>``):
 - regularizers :class:`L1`, :class:`GroupLasso`, :class:`BNScaleL1`, :class:`Hoyer`,
   :class:`GroupHoyer` (``tc.finetune(..., regularizer=...)``).
 
-Pluggable pieces live in registries: :data:`CRITERIA`, :data:`PATTERNS`, :data:`LAYER_KINDS`,
-:data:`SCHEDULE_KINDS`.
+Pluggable pieces live in registries: :data:`CRITERIA`, :data:`PATTERNS`, :data:`SCHEDULE_KINDS`,
+:data:`~torchcompress.sparsity.functional.NORMALIZATIONS`; the layers that can be pruned are the
+kinds of :data:`torchcompress.layers.LAYER_KINDS` (re-exported here), and the statistics
+data-driven criteria need come from :data:`torchcompress.calibration.STATISTICS`.
 
 Masks only zero weights: dense kernels run exactly as fast as before (``tc.profile`` reports the
 non-zeros and the MACs a sparse kernel would need, and says so). Real speed comes from removing
@@ -35,11 +37,12 @@ Example:
 
 from __future__ import annotations
 
-from . import _codecs  # noqa: F401  (registers the tc.save/tc.load codec)
+from ..calibration import LayerStats
+from ..layers import LAYER_KINDS, LayerKind, layer_kind
+from . import codecs as _codecs  # noqa: F401  (registers the tc.save/tc.load codec)
 from .calibration import Target, collect_statistics, default_loss
 from .config import PruneConfig
-from .criteria import CRITERIA, Criterion, LayerStats
-from .layers import LAYER_KINDS, LayerKind, layer_kind
+from .criteria import CRITERIA, Criterion
 from .masking import Mask, apply_mask, get_mask, is_masked
 from .patterns import PATTERNS, Candidates, Pattern
 from .pruning import finalize, prune, select_targets

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 from ..config import Config
 from ..errors import ConfigError, check_choice, check_range
+from .functional import NORMALIZATIONS
 
 __all__ = ["NORMALIZATIONS", "SCOPES", "PruneConfig"]
 
 SCOPES = ("layer", "global", "output")
-NORMALIZATIONS = ("none", "mean", "l2", "max", "lamp")
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
@@ -92,7 +92,7 @@ class PruneConfig(Config):
         check_choice("pattern", self.pattern, PATTERNS.names(), owner=owner)
         check_choice("criterion", self.criterion, CRITERIA.names(), owner=owner)
         check_choice("scope", self.scope, SCOPES, owner=owner)
-        check_choice("normalize", self.normalize, NORMALIZATIONS, owner=owner)
+        check_choice("normalize", self.normalize, NORMALIZATIONS.names(), owner=owner)
         if self.sparsity is not None:
             check_range("sparsity", self.sparsity, 0.0, 1.0, high_inclusive=False, owner=owner)
         for field in ("n", "m"):

@@ -1,11 +1,11 @@
 """Pruning criteria: a score per weight (lower scores are pruned first).
 
 A criterion is a small registered class that turns a layer's weight (in the canonical
-``(out, in, *kernel)`` layout, see :mod:`torchcompress.sparsity.layers`) and, for data-driven
-criteria, statistics gathered over ``data`` into per-weight scores, and says how a pattern's groups
-combine them (``reduce``: ``"sum"`` or ``"l2"``). Statistics are accumulated, never stored
-activations, so memory stays bounded whatever the amount of data (see
-:mod:`torchcompress.sparsity.calibration`).
+``(out, in, *kernel)`` layout, see :mod:`torchcompress.layers`) and, for data-driven criteria,
+statistics gathered over ``data`` into per-weight scores, and says how a pattern's groups combine
+them (``reduce``: ``"sum"`` or ``"l2"``). A criterion names the statistics it needs
+(:data:`torchcompress.calibration.STATISTICS`); they are accumulated by the calibration engine,
+never stored activations, so memory stays bounded whatever the amount of data.
 
 ============  =====================================================  ===========================
 name          score of weight ``w``                                  reference
@@ -25,7 +25,8 @@ following its padding, stride, dilation and groups) and divided by √rows, so t
 depend on how much data is passed (the ranking within a layer is unchanged by that factor).
 
 Adding a criterion is one class: subclass :class:`Criterion`, declare the ``statistics`` it needs
-and implement :meth:`Criterion.scores`, then ``CRITERIA.add("name", MyCriterion())``.
+(by name; a new statistic is registered in :data:`torchcompress.calibration.STATISTICS`) and
+implement :meth:`Criterion.scores`, then ``CRITERIA.add("name", MyCriterion())``.
 
 Example:
     >>> import torch
@@ -38,11 +39,11 @@ Example:
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
+from ..calibration import LayerStats
 from ..errors import CalibrationError
 from ..registry import Registry
 
@@ -57,38 +58,17 @@ __all__ = [
     "RandomCriterion",
     "TaylorCriterion",
     "WandaCriterion",
+    "need",
 ]
-
-
-@dataclass
-class LayerStats:
-    """Statistics of one layer gathered over ``data`` (canonical weight shape unless noted).
-
-    Attributes:
-        input_sq: sum over rows of each input feature squared, already broadcast to the canonical
-            weight shape (Wanda).
-        rows: rows (tokens / im2col rows) seen.
-        grad_abs: sum over batches of ``|∂L_b/∂w|`` (Taylor).
-        batches: batches seen with a gradient.
-        grad_sq: sum over samples of ``(∂L_s/∂w)²`` (empirical Fisher).
-        samples: samples seen with a gradient.
-    """
-
-    input_sq: torch.Tensor | None = None
-    rows: int = 0
-    grad_abs: torch.Tensor | None = None
-    batches: int = 0
-    grad_sq: torch.Tensor | None = None
-    samples: int = 0
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Criterion:
     """Base class of pruning criteria.
 
     Attributes:
-        statistics: the statistics the criterion needs from ``data``: any of ``"input_sq"``,
-            ``"grad_abs"``, ``"grad_sq"`` (empty for data-free criteria).
+        statistics: the names of the statistics the criterion needs from ``data`` (registered in
+            :data:`torchcompress.calibration.STATISTICS`, e.g. ``"input_sq"``, ``"grad_abs"``,
+            ``"grad_sq"``); empty for data-free criteria.
         reduce: how a group's per-weight scores combine (``"sum"`` or ``"l2"``).
     """
 
@@ -101,7 +81,14 @@ class Criterion:
         return bool(self.statistics)
 
     def scores(self, w: torch.Tensor, stats: LayerStats, *, name: str, seed: int) -> torch.Tensor:
-        """Per-weight scores of the float32 canonical weight ``w`` (same shape)."""
+        """Per-weight scores of the float32 canonical weight ``w`` (same shape).
+
+        Args:
+            w: the canonical weight.
+            stats: the layer's statistics (``stats["input_sq"]``, ``stats.geometry``, ...).
+            name: the layer's qualified name (for messages and seeding).
+            seed: the config's seed.
+        """
         raise NotImplementedError
 
 
@@ -137,13 +124,22 @@ class RandomCriterion(Criterion):
         return torch.rand(w.shape, generator=g, dtype=torch.float32).to(w.device)
 
 
-def _need(stat: torch.Tensor | None, count: int, name: str, what: str) -> torch.Tensor:
-    if stat is None or count == 0:
+def need(stats: LayerStats, statistic: str, name: str, what: str) -> torch.Tensor:
+    """``stats[statistic]``, or a :class:`CalibrationError` naming the layer if it saw nothing.
+
+    Args:
+        stats: the layer's statistics.
+        statistic: the statistic's name.
+        name: the layer's qualified name.
+        what: what the statistic observes, for the message (``"input"``, ``"gradient"``).
+    """
+    value = stats.get(statistic)
+    if value is None or stats.count(statistic) == 0:
         raise CalibrationError(
             f"Layer {name!r} got no {what} from data: it was not used in the forward passes (or "
             "the loss does not depend on it). Exclude it, or check data and loss_fn."
         )
-    return stat
+    return value
 
 
 class TaylorCriterion(Criterion):
@@ -152,8 +148,7 @@ class TaylorCriterion(Criterion):
     statistics = ("grad_abs",)
 
     def scores(self, w: torch.Tensor, stats: LayerStats, *, name: str, seed: int) -> torch.Tensor:
-        g = _need(stats.grad_abs, stats.batches, name, "gradient")
-        return w.abs() * (g / stats.batches)
+        return w.abs() * need(stats, "grad_abs", name, "gradient")
 
 
 class FisherCriterion(Criterion):
@@ -167,8 +162,7 @@ class FisherCriterion(Criterion):
     statistics = ("grad_sq",)
 
     def scores(self, w: torch.Tensor, stats: LayerStats, *, name: str, seed: int) -> torch.Tensor:
-        f = _need(stats.grad_sq, stats.samples, name, "gradient")
-        return 0.5 * (f / stats.samples) * w.pow(2)
+        return 0.5 * need(stats, "grad_sq", name, "gradient") * w.pow(2)
 
 
 class WandaCriterion(Criterion):
@@ -177,8 +171,12 @@ class WandaCriterion(Criterion):
     statistics = ("input_sq",)
 
     def scores(self, w: torch.Tensor, stats: LayerStats, *, name: str, seed: int) -> torch.Tensor:
-        sq = _need(stats.input_sq, stats.rows, name, "input")
-        return w.abs() * (sq / stats.rows).sqrt()
+        mean_sq = need(stats, "input_sq", name, "input")
+        if stats.geometry is None:
+            raise CalibrationError(
+                f"Layer {name!r}: Wanda needs the layer's geometry in its stats."
+            )
+        return w.abs() * stats.geometry.expand_features(mean_sq).sqrt()
 
 
 CRITERIA.add("magnitude", MagnitudeCriterion())

@@ -14,13 +14,49 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from ..errors import ConfigError
+from ..registry import Registry
 
-__all__ = ["choose", "normalize_scores", "per_row_keep"]
+__all__ = ["NORMALIZATIONS", "choose", "normalize_scores", "per_row_keep"]
+
+#: ``PruneConfig(normalize=...)``: name -> ``f(scores, valid) -> scores`` (float64, 1-D), scaling a
+#: layer's candidate scores before they are ranked across layers; order within the layer is kept.
+NORMALIZATIONS: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Registry(
+    "score normalization"
+)
+
+
+def _scaled_by(
+    scale: Callable[[torch.Tensor], torch.Tensor],
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def normalize(s: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        d = scale(s[valid])
+        return s / d if float(d) > 0 else s
+
+    return normalize
+
+
+def _lamp(s: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """LAMP (Lee et al. 2021): ``s_u^2 / sum_{v : s_v >= s_u} s_v^2`` over the layer's candidates."""
+    sq = s.pow(2)
+    order = torch.where(valid, sq, torch.full_like(sq, -1.0)).argsort(stable=True)
+    sorted_sq = torch.where(valid[order], sq[order], torch.zeros_like(sq))
+    tail = sorted_sq.flip(0).cumsum(0).flip(0)  # sum of this and every larger score
+    lamp = torch.where(tail > 0, sorted_sq / tail.clamp_min(1e-300), torch.zeros_like(tail))
+    out = torch.empty_like(s)
+    out[order] = lamp
+    return out
+
+
+NORMALIZATIONS.add("none", lambda s, valid: s)
+NORMALIZATIONS.add("mean", _scaled_by(lambda v: v.mean()))
+NORMALIZATIONS.add("l2", _scaled_by(lambda v: v.norm()))
+NORMALIZATIONS.add("max", _scaled_by(lambda v: v.abs().max()))
+NORMALIZATIONS.add("lamp", _lamp)
 
 
 def normalize_scores(scores: torch.Tensor, valid: torch.Tensor, how: str) -> torch.Tensor:
@@ -29,35 +65,16 @@ def normalize_scores(scores: torch.Tensor, valid: torch.Tensor, how: str) -> tor
     Args:
         scores: the layer's candidate scores (1-D).
         valid: candidates that take part (not already pruned); the scale is computed over them.
-        how: ``"none"``, ``"mean"``, ``"l2"``, ``"max"`` or ``"lamp"`` (see
-            :class:`~torchcompress.sparsity.PruneConfig`).
+        how: a name in :data:`NORMALIZATIONS`: ``"none"``, ``"mean"``, ``"l2"``, ``"max"`` or
+            ``"lamp"`` (see :class:`~torchcompress.sparsity.PruneConfig`).
 
     Returns:
         Scores (float64) to compare across layers; order within the layer is unchanged.
     """
     s = scores.double()
-    if how == "none" or not bool(valid.any()):
+    if not bool(valid.any()):
         return s
-    v = s[valid]
-    if how == "mean":
-        d = v.mean()
-    elif how == "l2":
-        d = v.norm()
-    elif how == "max":
-        d = v.abs().max()
-    elif how == "lamp":
-        # LAMP (Lee et al. 2021): s_u^2 / sum_{v : s_v >= s_u} s_v^2, over the layer's candidates
-        sq = s.pow(2)
-        order = torch.where(valid, sq, torch.full_like(sq, -1.0)).argsort(stable=True)
-        sorted_sq = torch.where(valid[order], sq[order], torch.zeros_like(sq))
-        tail = sorted_sq.flip(0).cumsum(0).flip(0)  # sum of this and every larger score
-        lamp = torch.where(tail > 0, sorted_sq / tail.clamp_min(1e-300), torch.zeros_like(tail))
-        out = torch.empty_like(s)
-        out[order] = lamp
-        return out
-    else:  # pragma: no cover - validated by PruneConfig
-        raise ConfigError(f"Unknown normalization {how!r}.")
-    return s / d if float(d) > 0 else s
+    return NORMALIZATIONS.get(how)(s, valid)
 
 
 def choose(

@@ -35,12 +35,15 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..costs import lookup_cost, register_cost
 from ..errors import CompressionStateError
+from .costs import masked_cost
 
 __all__ = [
     "Mask",
     "apply_mask",
     "bake_masks",
+    "ensure_cost_registered",
     "get_mask",
     "is_masked",
     "mask_parametrization",
@@ -143,10 +146,17 @@ def apply_mask(module: nn.Module, tensor_name: str, mask: torch.Tensor) -> Mask:
         return existing
     p = Mask(mask)
     _register(module, tensor_name, p)
-    from ._costs import ensure_cost_registered
-
     ensure_cost_registered(module)
     return p
+
+
+def ensure_cost_registered(module: nn.Module) -> None:
+    """Register :func:`~torchcompress.sparsity.costs.masked_cost` for ``module``'s (parametrized)
+    class if its weight is masked, so :func:`torchcompress.profile` counts it honestly."""
+    if get_mask(module) is None:
+        return
+    if lookup_cost(module) is not masked_cost:
+        register_cost(type(module))(masked_cost)
 
 
 _REGISTER_LOCK = threading.Lock()

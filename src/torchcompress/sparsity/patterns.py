@@ -6,7 +6,7 @@ candidates back into a keep-mask. The pruner selects candidates (per layer, per 
 layers) without knowing the pattern, so a new pattern (blocks, kernels, ...) is one class.
 
 Weights are seen in the canonical layout ``(out, in, *kernel)`` (see
-:mod:`torchcompress.sparsity.layers`). Built in:
+:mod:`torchcompress.layers`). Built in:
 
 - ``"unstructured"``: every weight is its own unit;
 - ``"n:m"``: at most ``n`` non-zeros in every ``m`` consecutive weights along the input dimension
@@ -37,8 +37,8 @@ import torch
 from torch import nn
 
 from ..errors import ShapeError
+from ..layers import LayerKind
 from ..registry import Registry
-from .layers import LayerKind
 
 __all__ = [
     "PATTERNS",

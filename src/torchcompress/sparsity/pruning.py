@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .. import io
+from ..calibration import STATISTICS, LayerStats
 from ..errors import (
     CalibrationError,
     ConfigError,
@@ -20,12 +21,12 @@ from ..errors import (
     SelectionError,
     UnsupportedModuleError,
 )
+from ..layers import layer_kind, supported_types
 from ..select import matches, select_modules, snapshot_modules
 from .calibration import LossFn, Target, collect_statistics
 from .config import PruneConfig
-from .criteria import CRITERIA, Criterion, LayerStats
+from .criteria import CRITERIA, Criterion
 from .functional import choose, normalize_scores, per_row_keep
-from .layers import layer_kind, supported_types
 from .masking import apply_mask, bake_masks, get_mask, is_masked, masked_tensor_names, original
 from .patterns import Candidates, Pattern, make_pattern
 
@@ -258,13 +259,6 @@ def _select_pool(layers: list[_Layer]) -> None:
         lay.keep = lay.pattern.expand(ch, lay.scores, lay.alive)
 
 
-_STAT_COUNTS = {
-    "input_sq": ("rows", "inputs"),
-    "grad_abs": ("batches", "gradients"),
-    "grad_sq": ("samples", "gradients"),
-}
-
-
 def _drop_unreached(
     model: nn.Module,
     layers: list[_Layer],
@@ -281,10 +275,9 @@ def _drop_unreached(
     kept = []
     for lay in layers:
         missing = [
-            what
-            for stat in needs.get(lay.name, ())
-            for count, what in [_STAT_COUNTS[stat]]
-            if getattr(stats[lay.name], count) == 0
+            "gradients" if STATISTICS.get(stat).observes == "weight_grad" else "inputs"
+            for stat in sorted(needs.get(lay.name, ()))
+            if stats[lay.name].count(stat) == 0
         ]
         if not missing:
             kept.append(lay)
@@ -452,8 +445,9 @@ def prune(
                 if lay.cfg.regrow
                 else kind.to_canonical(t.module, mask).clone()
             )
+            layer_stats = stats[t.name] if t.name in stats else LayerStats(kind.geometry(t.module))
             scores = lay.criterion.scores(
-                lay.w, stats.get(t.name, LayerStats()), name=t.name, seed=lay.cfg.seed
+                lay.w, layer_stats, name=t.name, seed=lay.cfg.seed
             ).float()
             if not bool(torch.isfinite(scores).all()):
                 raise NumericalError(

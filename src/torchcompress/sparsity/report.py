@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..layers import layer_kind
 from ..select import matches
-from ._costs import describe_structure
-from .layers import layer_kind
+from .costs import describe_structure
 from .masking import get_mask, original
 
 __all__ = ["LayerSparsity", "SparsityReport", "sparsity_report"]

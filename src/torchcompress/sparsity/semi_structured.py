@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import DependencyError, UnsupportedModuleError
 from ..select import matches
-from ._costs import describe_structure
+from .costs import describe_structure
 from .masking import bake_masks, masked_tensor_names
 
 __all__ = ["semi_structured_available", "to_semi_structured"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_qat_ddp_keeps_scales_identical_across_ranks(tmp_path):
@@ -23,7 +23,7 @@ def test_qat_ddp_keeps_scales_identical_across_ranks(tmp_path):
         "torch.distributed.run",
         "--standalone",
         "--nproc_per_node=2",
-        str(ROOT / "tests" / "quant" / "_qat_ddp_worker.py"),
+        str(ROOT / "tests" / "quant" / "qat" / "_qat_ddp_worker.py"),
         str(tmp_path),
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)

@@ -1,8 +1,10 @@
-"""Quantizers and layers for quantization-aware training (used by :func:`torchcompress.prepare_qat`).
+"""Quantizers for quantization-aware training (built by the methods of :func:`torchcompress.prepare_qat`).
 
 Every class here honours the quantizer contract of :mod:`torchcompress.quant` (``spec``,
 ``quant_min`` / ``quant_max``, ``scale``, ``zero_point``, ``calibrated``, ...), so
-:func:`torchcompress.convert` turns a trained model into the integer model without special cases:
+:func:`torchcompress.convert` turns a trained model into the integer model without special cases,
+and carries its own training behaviour (how it starts training, whether its range follows the data,
+how it changes bit width in :func:`~torchcompress.quant.qat.requantize`):
 
 - :class:`STEQuantize`: ranges from an observer fed at every training step (weights: re-observed
   exactly; activations: a moving min/max by default), straight-through gradients (Bengio et al.
@@ -15,32 +17,27 @@ Every class here honours the quantizer contract of :mod:`torchcompress.quant` (`
 - :class:`PACTQuantize`: PACT (Choi et al. 2018, arXiv:1805.06085): a learned clipping value
   ``alpha`` for ReLU activations, ``y = clip(x, 0, alpha)`` quantized with ``alpha / (2^b - 1)``
   steps, and the paper's gradient ``dy/dalpha = 1[x >= alpha]``.
-- :class:`QuantConvBn2d` / :class:`QuantConvBn1d`: a convolution training with its BatchNorm
-  folded into the quantized weight (Jacob et al. 2018, section 3.2; Krishnamoorthi 2018,
-  arXiv:1806.08342, section 3.2.1), with batch-statistics correction until the statistics are
-  frozen.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import functional as QF
-from .modules import FakeQuantize, QuantConv1d, QuantConv2d, _QuantConvNd
-from .observers import MinMaxObserver, MovingMinMaxObserver
-from .spec import IntSpec
+from ...calibration import is_distributed
+from ...errors import CalibrationError, ConfigError
+from .. import functional as QF
+from ..modules import FakeQuantize
+from ..observers import all_reduce_
+from ..spec import IntSpec
 
 __all__ = [
-    "QAT_QUANTIZERS",
     "LSQQuantize",
     "PACTQuantize",
-    "QuantConvBn1d",
-    "QuantConvBn2d",
+    "QATQuantizer",
     "STEQuantize",
     "grad_scale",
 ]
@@ -64,30 +61,89 @@ def _qp(quant_min: int, quant_max: int) -> int:
     return quant_max if quant_min < 0 else quant_max - quant_min
 
 
-class _QATMixin:
-    """Shared helpers of the QAT quantizers (all subclasses of :class:`FakeQuantize`)."""
+class QATQuantizer(FakeQuantize):
+    """Base of the quantization-aware training quantizers: their training behaviour.
 
-    method = ""
+    Attributes:
+        method: the name saved with the quantizer (a :data:`~torchcompress.quant.qat.QAT_METHODS`
+            entry whose ``quantizer`` is this class), so loading rebuilds the same class.
+        tracks_ranges: the range follows the data while ``observing`` (frozen with
+            :func:`~torchcompress.quant.qat.freeze_observers`).
+        requantize_keeps: the ``IntSpec`` fields :func:`~torchcompress.quant.qat.requantize` must
+            not change.
+    """
+
+    method: ClassVar[str] = ""
+    tracks_ranges: ClassVar[bool] = False
+    requantize_keeps: ClassVar[tuple[str, ...]] = (
+        "symmetric",
+        "signed",
+        "granularity",
+        "group_size",
+    )
 
     def qat_state(self) -> dict[str, Any]:
         """The JSON-serialisable state :func:`torchcompress.save` records (tensors are saved apart)."""
-        return {"method": self.method, "observing": bool(self.observing)}  # type: ignore[attr-defined]
+        return {"method": self.method, "observing": bool(self.observing)}
 
     def load_qat_state(self, d: dict[str, Any]) -> None:
         """Restore :meth:`qat_state`."""
         self.observing = bool(d.get("observing", False))
 
-    def _elements_per_scale(self, x: Tensor) -> int:
-        fq: Any = self
-        if fq.role == "weight":
-            rows, cols = fq.shape
-            if fq.granularity == "tensor":
-                return rows * cols
-            if fq.granularity == "channel":
-                return cols
-            return int(fq.group_size)
-        # activations: the features of one example (Esser et al.: N_F)
-        return max(1, x.numel() // max(1, x.shape[0] if x.dim() > 1 else 1))
+    def start_training(self, calibrated: bool) -> None:
+        """Called by :func:`~torchcompress.prepare_qat` once the quantizer is in place (after
+        calibration when ``calibrated``): enabled, and observing if its range follows the data."""
+        self.enabled = True
+        self.observing = self.tracks_ranges
+        if calibrated and self.tracks_ranges:
+            self.reseed()
+
+    def reseed(self) -> None:
+        """Start the step-wise statistics from the current range."""
+        if self.observer is None or not self.calibrated:
+            return
+        self.observer.reset()
+        s = self.scale.detach().float().reshape(-1)
+        z = self.zero_point.detach().float().reshape(-1)
+        lo = (self.quant_min - z) * s
+        hi = (self.quant_max - z) * s
+        self.observer.observe(torch.stack([lo, hi], dim=1).reshape(-1, 2))
+
+    def requantized_range(
+        self, spec: IntSpec, rng: tuple[int, int] | None
+    ) -> tuple[IntSpec, int, int]:
+        """The format and integer range after :func:`~torchcompress.quant.qat.requantize` to
+        ``spec`` (``rng``: the range ``reduce_range`` gives, if any)."""
+        lo, hi = rng if rng is not None else (spec.qmin, spec.qmax)
+        return spec, lo, hi
+
+    def rescale(self, qmin: int, qmax: int) -> None:
+        """Keep the real range ``[(qmin - z) s, (qmax - z) s]`` on the new integer range."""
+        with torch.no_grad():
+            s = self.scale.detach().double()
+            z = self.zero_point.detach().double()
+            lo = (self.quant_min - z) * s
+            hi = (self.quant_max - z) * s
+            if bool((z == 0).all()) and self.spec.symmetric:
+                new_s = s * (self.quant_max / max(qmax, 1))
+                new_z = z
+            else:
+                new_s = (hi - lo) / (qmax - qmin)
+                new_z = qmin - lo / new_s
+                if self.role == "activation":
+                    new_z = new_z.clamp(qmin, qmax)
+            self.scale.copy_(new_s.clamp(min=QF.SCALE_EPS).to(self.scale.dtype))
+            self.zero_point.copy_(new_z.round().to(self.zero_point.dtype))
+
+    def requantize(self, spec: IntSpec, qmin: int, qmax: int) -> None:
+        """Move to the format ``spec`` on ``[qmin, qmax]``, keeping the learned real range."""
+        self.rescale(qmin, qmax)
+        self.spec = spec
+        self.quant_min, self.quant_max = qmin, qmax
+        if self.observer is not None:
+            self.observer = self.make_observer()
+            if self.tracks_ranges and self.role == "activation":
+                self.reseed()
 
 
 class _STE(torch.autograd.Function):
@@ -110,17 +166,19 @@ class _STE(torch.autograd.Function):
 def _mask(w: Tensor, fq: FakeQuantize) -> Tensor:
     """Where a weight lies inside its (frozen) integer range, in the weight's shape."""
     with torch.no_grad():
-        rows, cols = fq.shape  # type: ignore[misc]
-        w2 = w.detach().float().reshape(rows, cols)
-        s = QF.expand_qparams(fq.scale.float(), fq.granularity)
-        z = QF.expand_qparams(fq.zero_point.float(), fq.granularity)
-        if fq.granularity == "group":
-            w2 = w2.reshape(rows, cols // fq.group_size, fq.group_size)  # type: ignore[operator]
-        v = torch.round(w2 * (1.0 / s) + z)
-        return ((v >= fq.quant_min) & (v <= fq.quant_max)).reshape(w.shape)
+        inside = QF.weight_in_range(
+            w.detach().reshape(fq.shape),  # type: ignore[arg-type]
+            fq.scale,
+            fq.zero_point,
+            fq.quant_min,
+            fq.quant_max,
+            fq.granularity,
+            fq.group_size,
+        )
+        return inside.reshape(w.shape)
 
 
-class STEQuantize(_QATMixin, FakeQuantize):
+class STEQuantize(QATQuantizer):
     """Fake quantization with ranges re-estimated at every training step (straight-through gradients).
 
     In training mode with ``observing`` set, every forward feeds the observer and recalibrates
@@ -138,7 +196,7 @@ class STEQuantize(_QATMixin, FakeQuantize):
     Example:
         >>> import torch
         >>> from torchcompress.quant import IntSpec
-        >>> from torchcompress.quant.qat_modules import STEQuantize
+        >>> from torchcompress.quant.qat import STEQuantize
         >>> fq = STEQuantize(IntSpec(8, symmetric=False, signed=False), observer="moving_minmax")
         >>> fq.observing = True
         >>> _ = fq.train()(torch.linspace(0, 2.55, 100))
@@ -147,6 +205,7 @@ class STEQuantize(_QATMixin, FakeQuantize):
     """
 
     method = "ste"
+    tracks_ranges = True
 
     def __init__(self, spec: IntSpec, **kwargs: Any) -> None:
         super().__init__(spec, **kwargs)
@@ -159,7 +218,7 @@ class STEQuantize(_QATMixin, FakeQuantize):
         g = self._grouped(x.detach())
         if self.observe_relu:
             g = g.clamp(min=0)
-        if isinstance(obs, MinMaxObserver | MovingMinMaxObserver):
+        if obs.uses_batch_minmax:
             # one pass over the data: the observer only needs each group's min and max
             lo, hi = torch.aminmax(g.float(), dim=1)
             if not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
@@ -189,9 +248,7 @@ class STEQuantize(_QATMixin, FakeQuantize):
             self.calibrate()
             if self.role == "weight":
                 self.observer.reset()
-            elif _world() > 1 and not isinstance(
-                self.observer, MinMaxObserver | MovingMinMaxObserver
-            ):
+            elif _world() > 1 and not self.observer.uses_batch_minmax:
                 with torch.no_grad():
                     torch.distributed.all_reduce(self.scale, op=torch.distributed.ReduceOp.AVG)
                     z = self.zero_point.float()
@@ -200,6 +257,17 @@ class STEQuantize(_QATMixin, FakeQuantize):
         if not self.enabled or not self.calibrated:
             return x
         return self._fq(x)
+
+    def all_reduce(self) -> None:
+        """Combine the ranks' statistics; an observer fed each batch's min/max is already
+        identical on every rank (those are all-reduced at every batch)."""
+        if (
+            self.observer is not None
+            and self.observer.uses_batch_minmax
+            and self.role == "activation"
+        ):
+            return
+        super().all_reduce()
 
     def _fq(self, x: Tensor) -> Tensor:
         # the range is a constant of the step: one fused autograd node instead of five
@@ -230,7 +298,7 @@ class STEQuantize(_QATMixin, FakeQuantize):
         return _STE.apply(x, out, mask)
 
     def refresh(self, weight2d: Tensor) -> None:
-        """Recompute a weight quantizer's range from ``weight2d`` (before conversion)."""
+        """Recompute a weight quantizer's range from ``weight2d`` (while it follows the weight)."""
         if self.role != "weight" or self.observer is None or not self.observing:
             return
         self.observer.observe(self._grouped(weight2d.detach()))
@@ -238,7 +306,7 @@ class STEQuantize(_QATMixin, FakeQuantize):
         self.observer.reset()
 
 
-class LSQQuantize(_QATMixin, FakeQuantize):
+class LSQQuantize(QATQuantizer):
     """Learned Step Size Quantization (Esser et al. 2020), with a learned offset for asymmetric formats.
 
     ``scale`` is an ``nn.Parameter``; the forward is
@@ -257,7 +325,7 @@ class LSQQuantize(_QATMixin, FakeQuantize):
     Example:
         >>> import torch
         >>> from torchcompress.quant import IntSpec
-        >>> from torchcompress.quant.qat_modules import LSQQuantize
+        >>> from torchcompress.quant.qat import LSQQuantize
         >>> fq = LSQQuantize(IntSpec(4), role="weight", shape=(1, 4))
         >>> fq.init_lsq(torch.tensor([[0.1, -0.2, 0.3, -0.4]]))
         >>> round(fq.scale.item(), 4)  # 2 * 0.25 / sqrt(7)
@@ -294,6 +362,26 @@ class LSQQuantize(_QATMixin, FakeQuantize):
         super().observe(x)
         if self.init == "lsq":
             self.accumulate_abs(x)
+
+    def end_range_pass(self) -> None:
+        """Fix the observer's range; ``|x|`` is accumulated again by the next pass."""
+        super().end_range_pass()
+        self._abs_sum, self._abs_count = None, 0
+
+    def all_reduce(self) -> None:
+        """Combine the ranks' statistics, the ``|x|`` sums of the paper's initialisation too."""
+        super().all_reduce()
+        if self.init != "lsq" or not is_distributed():
+            return
+        groups = self.scale.numel()
+        s = self._abs_sum if self._abs_sum is not None else self.scale.new_zeros(groups)
+        both = all_reduce_(
+            torch.cat([s.detach().double().reshape(-1), s.new_tensor([self._abs_count]).double()]),
+            "sum",
+        )
+        self._abs_sum, self._abs_count = both[:groups].float(), int(both[-1].item())
+        if self._abs_count == 0:
+            self._abs_sum = None
 
     def calibrate(self) -> None:
         """Initialise the step size (and offset) from what was observed (see ``init``)."""
@@ -335,8 +423,6 @@ class LSQQuantize(_QATMixin, FakeQuantize):
             self._abs_sum, self._abs_count = None, 0
             self.accumulate_abs(x)
         if self._abs_sum is None or self._abs_count == 0:
-            from ..errors import CalibrationError
-
             raise CalibrationError(
                 f"{self.name or 'LSQ quantizer'}: nothing observed to initialise from."
             )
@@ -356,7 +442,7 @@ class LSQQuantize(_QATMixin, FakeQuantize):
         self.calibrated = True
 
     def _qparams(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        g = 1.0 / math.sqrt(self._elements_per_scale(x) * self.qp)
+        g = 1.0 / math.sqrt(self.elements_per_scale(x) * self.qp)
         s = grad_scale(self.scale, g).abs().clamp(min=QF.SCALE_EPS)
         z = self.zero_point
         if self.learn_offset:
@@ -378,7 +464,7 @@ class LSQQuantize(_QATMixin, FakeQuantize):
         return QF.fake_quantize(x, s, z, self.quant_min, self.quant_max)
 
 
-class PACTQuantize(_QATMixin, FakeQuantize):
+class PACTQuantize(QATQuantizer):
     """PACT (Choi et al. 2018): ``y = clip(x, 0, alpha)``, quantized with ``alpha / (2^b - 1)`` steps.
 
     ``alpha`` is an ``nn.Parameter`` (one per tensor). The forward computes
@@ -392,7 +478,7 @@ class PACTQuantize(_QATMixin, FakeQuantize):
     Example:
         >>> import torch
         >>> from torchcompress.quant import IntSpec
-        >>> from torchcompress.quant.qat_modules import PACTQuantize
+        >>> from torchcompress.quant.qat import PACTQuantize
         >>> fq = PACTQuantize(IntSpec(4, signed=False), alpha=1.5)
         >>> y = fq(torch.tensor([0.2, 1.0, 3.0]))
         >>> y.tolist()  # 3.0 clipped at alpha, steps of 0.1
@@ -400,13 +486,12 @@ class PACTQuantize(_QATMixin, FakeQuantize):
     """
 
     method = "pact"
+    requantize_keeps = ("granularity",)
 
     def __init__(self, spec: IntSpec, *, alpha: float = 10.0, **kwargs: Any) -> None:
         kwargs.pop("role", None)
         super().__init__(spec, role="activation", **kwargs)
         if self.quant_min != 0:
-            from ..errors import ConfigError
-
             raise ConfigError(
                 f"PACT quantizes ReLU outputs to an unsigned range [0, 2^b - 1]; got "
                 f"[{self.quant_min}, {self.quant_max}] for {self.name or 'a layer'}. Use an "
@@ -453,167 +538,14 @@ class PACTQuantize(_QATMixin, FakeQuantize):
         out = y + (yq - y.detach())
         return out if x.dtype == torch.float32 else out.to(x.dtype)
 
+    def requantized_range(
+        self, spec: IntSpec, rng: tuple[int, int] | None
+    ) -> tuple[IntSpec, int, int]:
+        """PACT keeps its unsigned format and ``alpha``: ``[0, 2^b - 1]`` at the new width."""
+        return self.spec.replace(bits=spec.bits), 0, 2**spec.bits - 1
+
+    def rescale(self, qmin: int, qmax: int) -> None:
+        """Nothing to rescale: the steps are ``alpha / qmax`` at any width."""
+
     def extra_repr(self) -> str:
         return f"{self.spec.short()}, PACT alpha={self.alpha.item():.4g}"
-
-
-#: class name -> class, for loading
-QAT_QUANTIZERS: dict[str, type[FakeQuantize]] = {
-    "ste": STEQuantize,
-    "lsq": LSQQuantize,
-    "pact": PACTQuantize,
-}
-
-
-# --- BatchNorm folded into the quantized convolution ------------------------------------------
-
-
-class _QuantConvBnNd(_QuantConvNd):
-    """A fake-quant convolution training with its BatchNorm folded into the quantized weight.
-
-    With ``sigma = sqrt(running_var + eps)`` and ``gamma``, ``beta`` the BN's affine parameters,
-    the weight that is quantized is the folded ``W * gamma / sigma`` (what the integer model
-    stores). In training mode, until the statistics are frozen, the output is corrected to batch
-    normalisation (Krishnamoorthi 2018, fig. 8): ``conv(x, q(W gamma / sigma)) * sigma / sigma_B +
-    beta - gamma mu_B / sigma_B``, where ``mu_B``, ``sigma_B`` are the batch statistics of the
-    unfolded output ``conv(x, q(W gamma / sigma)) / (gamma / sigma)``, and the running statistics
-    are updated as BatchNorm does. With frozen statistics, and always in eval mode, the output is
-    ``conv(x, q(W gamma / sigma)) + beta + (b - mu) gamma / sigma``, exactly the converted layer.
-
-    Attributes:
-        bn: the original BatchNorm (its parameters train, its running statistics are used).
-        stats_frozen: a bool buffer; see :func:`~torchcompress.quant.qat.freeze_bn_stats`.
-    """
-
-    bn: nn.modules.batchnorm._BatchNorm
-
-    def _init_bn(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
-        self.bn = bn
-        self.register_buffer(
-            "stats_frozen", torch.zeros((), dtype=torch.bool, device=bn.running_mean.device)
-        )
-
-    def _bn_factor(self) -> Tensor:
-        bn = self.bn
-        var = bn.running_var.float()  # type: ignore[union-attr]
-        gamma = bn.weight.float() if bn.weight is not None else torch.ones_like(var)
-        return gamma * torch.rsqrt(var + bn.eps)
-
-    def folded_weight(self) -> Tensor:
-        """``W * gamma / sqrt(running_var + eps)`` (differentiable)."""
-        f = self._bn_factor()
-        shape = [-1] + [1] * (self.weight.dim() - 1)
-        return (self.weight.float() * f.reshape(shape)).to(self.weight.dtype)
-
-    def folded_bias(self) -> Tensor:
-        """``beta + (b - running_mean) * gamma / sqrt(running_var + eps)``."""
-        bn = self.bn
-        f = self._bn_factor()
-        mean = bn.running_mean.float()  # type: ignore[union-attr]
-        b = self.bias.float() if self.bias is not None else torch.zeros_like(mean)
-        beta = bn.bias.float() if bn.bias is not None else torch.zeros_like(mean)
-        return beta + (b - mean) * f
-
-    def quantized_weight(self) -> Tensor:
-        w = self.folded_weight()
-        if self.weight_quant is None:
-            return w
-        return self.weight_quant(w.reshape(self.weight_shape2d)).reshape(w.shape)
-
-    def _conv(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-        conv = F.conv2d if self._nd == 2 else F.conv1d
-        w = w.to(x.dtype)
-        b = None if b is None else b.to(x.dtype)
-        if self.padding_mode != "zeros":
-            x = F.pad(x, self._reversed_padding(), mode=self.padding_mode)
-            return conv(x, w, b, self.stride, 0, self.dilation, self.groups)
-        return conv(x, w, b, self.stride, self.padding, self.dilation, self.groups)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.input_quant is not None:
-            x = self.input_quant(x)
-        bn = self.bn
-        if not self.training or bool(self.stats_frozen):
-            y = self._conv(x, self.quantized_weight(), self.folded_bias())
-        else:
-            # The folding factor is a constant of this step (detached): gamma then receives exactly
-            # BatchNorm's gradient, and the unfolding division never amplifies the weight's
-            # quantization error by 1 / factor^2. A vanishing factor (gamma = 0) is kept tiny.
-            f = self._bn_factor().detach()
-            f = torch.where(f.abs() < 1e-8, torch.full_like(f, 1e-8), f)
-            wshape = [-1] + [1] * (self.weight.dim() - 1)
-            w = (self.weight.float() * f.reshape(wshape)).to(self.weight.dtype)
-            if self.weight_quant is not None:
-                w = self.weight_quant(w.reshape(self.weight_shape2d)).reshape(w.shape)
-            y0 = self._conv(x, w, None).float()
-            shape = [1, -1] + [1] * (y0.dim() - 2)
-            # the unfolded output (conv with the original weight, plus the conv's own bias)
-            z = y0 / f.reshape(shape)
-            if self.bias is not None:
-                z = z + self.bias.float().reshape(shape)
-            y = F.batch_norm(
-                z,
-                bn.running_mean,
-                bn.running_var,
-                bn.weight,
-                bn.bias,
-                True,
-                self._momentum(),
-                bn.eps,
-            ).to(x.dtype)
-        if self.output_quant is not None:
-            y = self.output_quant(y)
-        return y
-
-    def _momentum(self) -> float:
-        bn = self.bn
-        if bn.momentum is None:  # cumulative moving average
-            bn.num_batches_tracked += 1  # type: ignore[operator]
-            return 1.0 / float(bn.num_batches_tracked)
-        if bn.num_batches_tracked is not None:
-            bn.num_batches_tracked += 1
-        return float(bn.momentum)
-
-    def to_quant_layer(self) -> _QuantConvNd:
-        """The plain fake-quant convolution with the folded weight and bias (what converts)."""
-        cls = QuantConv2d if self._nd == 2 else QuantConv1d
-        new = cls(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.groups,
-            True,
-            self.padding_mode,
-            device="meta",
-        )
-        with torch.no_grad():
-            new.weight = nn.Parameter(self.folded_weight().detach().clone())
-            new.bias = nn.Parameter(self.folded_bias().detach().to(self.weight.dtype).clone())
-        if isinstance(self.weight_quant, STEQuantize):
-            self.weight_quant.refresh(new.weight.reshape(self.weight_shape2d))
-        new.weight_quant = self.weight_quant
-        new.input_quant = self.input_quant
-        new.output_quant = self.output_quant
-        new.train(self.training)
-        return new
-
-    def extra_repr(self) -> str:
-        return (
-            super().extra_repr()
-            + f", bn folded{' (stats frozen)' if bool(self.stats_frozen) else ''}"
-        )
-
-
-class QuantConvBn2d(_QuantConvBnNd, QuantConv2d):
-    """``Conv2d`` + ``BatchNorm2d`` training folded (see :class:`_QuantConvBnNd`)."""
-
-    _nd = 2
-
-
-class QuantConvBn1d(_QuantConvBnNd, QuantConv1d):
-    """``Conv1d`` + ``BatchNorm1d`` training folded (see :class:`_QuantConvBnNd`)."""
-
-    _nd = 1

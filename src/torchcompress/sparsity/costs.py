@@ -1,7 +1,15 @@
 """Profiler costs of masked layers: dense work done, non-zeros, and what a sparse kernel would need.
 
 torch's parametrizations give every masked module its own class (``ParametrizedLinear``, ...), so
-the cost is registered for that class when the mask is applied (and when a masked model is loaded).
+:func:`masked_cost` is registered for that class when the mask is applied
+(:func:`~torchcompress.sparsity.masking.apply_mask`) and when a masked model is loaded. The MACs
+come from the layer's :class:`~torchcompress.layers.Geometry`.
+
+Example:
+    >>> import torch
+    >>> from torchcompress.sparsity.costs import describe_structure
+    >>> describe_structure(torch.tensor([[1.0, 0.0, 2.0, 0.0], [0.0, 3.0, 0.0, 4.0]]))
+    '2:4'
 """
 
 from __future__ import annotations
@@ -11,11 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..costs import LayerCost, lookup_cost, register_cost
-from .layers import layer_kind
-from .masking import get_mask
+from ..costs import LayerCost
+from ..layers import layer_kind
 
-__all__ = ["describe_structure", "ensure_cost_registered", "masked_cost"]
+__all__ = ["describe_structure", "masked_cost"]
 
 
 def describe_structure(w_canonical: torch.Tensor) -> str:
@@ -57,8 +64,9 @@ def masked_cost(
     structure = "masked"
     if kind is not None:
         if out is not None:
-            macs, per_weight = kind.macs(module, out)
-            effective = per_weight * nnz
+            geo = kind.geometry(module)
+            positions = geo.output_positions(out)  # every weight is used once per position
+            macs, effective = geo.macs(positions), positions * nnz
         structure = describe_structure(kind.to_canonical(module, w))
     sparsity = 1.0 - nnz / numel if numel else 0.0
     note = f"{structure} mask, {sparsity:.0%} zeros: dense kernel, no speed-up"
@@ -74,11 +82,3 @@ def masked_cost(
         note=note,
         counts_children=True,
     )
-
-
-def ensure_cost_registered(module: nn.Module) -> None:
-    """Register :func:`masked_cost` for ``module``'s (parametrized) class if it is masked."""
-    if get_mask(module) is None:
-        return
-    if lookup_cost(module) is not masked_cost:
-        register_cost(type(module))(masked_cost)

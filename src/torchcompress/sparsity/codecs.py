@@ -14,8 +14,7 @@ from torch import nn
 
 from ..errors import CompressionStateError
 from ..io import ModuleCodec, decode_plain, encode_plain, register_codec
-from ._costs import ensure_cost_registered
-from .masking import apply_mask, masked_tensor_names, original
+from .masking import apply_mask, ensure_cost_registered, masked_tensor_names, original
 
 __all__ = ["MaskedCodec"]
 

@@ -182,3 +182,59 @@ def test_unfused_residual_graph_round_trip(tmp_path: Path) -> None:
     assert not loaded.quant_graph.fuse_residual
     x = torch.randn(2, 3, 8, 8)
     assert torch.equal(loaded(x), c(x))
+
+
+def test_sequential_graph_model_round_trip(tmp_path: Path) -> None:
+    """The graph container is a child of the model: re-tracing an nn.Sequential leaves it out."""
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    x = torch.rand(5, 4)
+    q = tc.quantize(copy.deepcopy(m), tc.QuantConfig(), [x])
+    loaded = _round_trip(q, copy.deepcopy(m), tmp_path)
+    assert torch.equal(loaded(x), q(x))
+    c = tc.convert(copy.deepcopy(q))
+    assert torch.equal(_round_trip(c, copy.deepcopy(m), tmp_path)(x), c(x))
+
+
+def _old_quantizer(observer: str) -> dict[str, object]:
+    """A quantizer as files written before observer specs describe it (every option, always)."""
+    return {
+        "spec": tc.IntSpec(8, symmetric=False, signed=False).to_dict(),
+        "role": "activation",
+        "dynamic": False,
+        "quant_min": 0,
+        "quant_max": 255,
+        "shape": None,
+        "observer": observer,
+        "options": {"percentile": 99.9, "averaging_constant": 0.01, "bins": 512},
+        "observe_relu": False,
+        "calibrated": True,
+        "learnable_scale": False,
+        "name": "fc",
+        "qat": None,
+    }
+
+
+def test_quantizers_saved_before_observer_specs_load() -> None:
+    from torchcompress.quant.codecs import fq_from_spec, fq_spec
+
+    for name, spec in (
+        ("percentile", tc.quant.Percentile(99.9, bins=512)),
+        ("kl", tc.quant.KL(bins=512)),
+        ("moving_minmax", tc.quant.MovingMinMax(0.01)),
+        ("minmax", tc.quant.MinMax()),
+    ):
+        fq = fq_from_spec(_old_quantizer(name))
+        assert fq is not None and fq.observer_spec == spec and fq.observer.spec == spec
+        again = fq_from_spec(fq_spec(fq))  # and the new description round-trips
+        assert again is not None and again.observer_spec == spec
+
+
+def test_unknown_observer_or_method_in_a_file_is_an_error() -> None:
+    from torchcompress.quant.codecs import fq_from_spec
+
+    with pytest.raises(CompressionStateError, match=r"'entropy'.*not registered"):
+        fq_from_spec(_old_quantizer("entropy"))
+    d = _old_quantizer("minmax")
+    d["qat"] = {"method": "magic", "observing": False}
+    with pytest.raises(CompressionStateError, match="QAT method 'magic'"):
+        fq_from_spec(d)

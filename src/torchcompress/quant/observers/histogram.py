@@ -1,231 +1,51 @@
-"""Range estimators ("observers"): statistics accumulated over batches with bounded memory.
-
-An observer sees a ``[groups, elements]`` view of a tensor (one group per scale: the whole tensor,
-one output channel, or one weight group) at each call of :meth:`Observer.observe`, and returns a real
-range ``(lo, hi)`` per group from :meth:`Observer.compute_range`; :meth:`Observer.qparams` turns it
-into scales and zero points for the quantizer's integer format. Memory is bounded: min/max and
-moments are ``O(groups)``, histograms ``O(groups * bins)``, whatever the number of batches. Weight
-quantizers set ``exact=True``: the observer then works on the weight itself (observed once) instead of
-a histogram of it.
-
-Registered observers (:data:`OBSERVERS`):
-
-- ``"minmax"``: the running min and max.
-- ``"moving_minmax"``: exponential moving averages of each batch's min and max
-  (``averaging_constant``), as in Jacob et al. 2018.
-- ``"percentile"``: the ``percentile``-th percentile of ``|x|`` (symmetric formats) or the
-  ``(100 - p)``-th and ``p``-th percentiles (asymmetric), read from a streaming histogram.
-- ``"mse"``: the clipping range minimising the mean squared quantization error of the observed
-  distribution (a search over shrunk ranges; coordinate descent on both ends for asymmetric
-  formats), as in e.g. Banner et al. 2019 / Choukroun et al. 2019 (OMSE).
-- ``"kl"``: TensorRT's entropy calibration (Migacz 2017): the clipping threshold minimising the KL
-  divergence between the observed histogram and its quantized version, vectorised over all
-  candidate thresholds; for unsigned or asymmetric formats the candidate windows shrink towards zero.
-- ``"sawb"``: statistics-aware weight binning (Choi et al. 2018, "Bridging the accuracy gap for
-  2-bit quantized neural networks", arXiv:1807.06964): ``alpha = c1 * sqrt(E[x^2]) - c2 * E[|x|]``
-  with ``(c1, c2)`` for each bit width. The paper fits the coefficients by regressing the
-  MSE-optimal clipping value on the two moments over several distributions; we did the same for
-  this library's symmetric integer grid (``scale = alpha / qmax``; normal, Laplace, uniform,
-  logistic, Student-t(5) and triangular distributions, 2 million samples each; :data:`SAWB_COEFFICIENTS`, refitted by
-  ``tests/quant/test_observers.py``). Designed for weights.
-
-Add one by subclassing :class:`Observer` and registering it::
-
-    @OBSERVERS.register("absmax_half")
-    class AbsmaxHalf(MinMaxObserver):
-        def compute_range(self):
-            lo, hi = super().compute_range()
-            return lo / 2, hi / 2
-
-Example:
-    >>> import torch
-    >>> from torchcompress.quant.observers import make_observer
-    >>> obs = make_observer("minmax", qmin=-128, qmax=127, symmetric=True)
-    >>> obs.observe(torch.tensor([[-1.0, 3.0]])); obs.observe(torch.tensor([[2.0, -4.0]]))
-    >>> [t.tolist() for t in obs.compute_range()]
-    [[-4.0], [3.0]]
-"""
+"""Observers of the distribution, from a streaming histogram: ``"percentile"``, ``"mse"``, ``"kl"``."""
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..errors import CalibrationError
-from ..registry import Registry
-from . import functional as QF
+from ...errors import CalibrationError, ConfigError, check_range
+from .base import OBSERVERS, Observer, ObserverSpec, all_reduce_
 
 __all__ = [
-    "OBSERVERS",
-    "SAWB_COEFFICIENTS",
-    "SAWB_MAX_BITS",
+    "KL",
+    "MSE",
+    "Histogram",
     "HistogramObserver",
     "KLObserver",
     "MSEObserver",
-    "MinMaxObserver",
-    "MovingMinMaxObserver",
-    "Observer",
+    "Percentile",
     "PercentileObserver",
-    "SAWBObserver",
-    "make_observer",
 ]
 
-#: name -> observer class
-OBSERVERS: Registry[type[Observer]] = Registry("observer")
 
-
-class Observer(nn.Module):
-    """Base class: accumulate statistics of ``[groups, elements]`` tensors, then give ranges.
-
-    Statistics live in non-persistent buffers (they follow ``.to(device)`` but are not saved: once
-    calibrated, a quantizer keeps only its scales and zero points).
+@dataclass(frozen=True)
+class Histogram(ObserverSpec):
+    """Options of the histogram-based observers (the base of :class:`MSE` and :class:`KL`).
 
     Args:
-        qmin: smallest integer of the target format.
-        qmax: largest integer of the target format.
-        symmetric: the target format is symmetric (ranges are estimated on ``|x|``).
-        include_zero: the quantizer widens ranges to include zero (activations).
-        exact: observe exact values instead of streaming statistics (weights).
-        percentile: see :class:`~torchcompress.quant.QuantConfig`.
-        averaging_constant: see :class:`~torchcompress.quant.QuantConfig`.
-        bins: see :class:`~torchcompress.quant.QuantConfig`.
+        bins: histogram bins per group (at least 16).
+
+    Example:
+        >>> from torchcompress.quant.observers import Histogram
+        >>> Histogram(bins=256).bins
+        256
     """
 
-    def __init__(
-        self,
-        qmin: int,
-        qmax: int,
-        *,
-        symmetric: bool,
-        include_zero: bool = False,
-        exact: bool = False,
-        percentile: float = 99.99,
-        averaging_constant: float = 0.01,
-        bins: int = 2048,
-    ) -> None:
-        super().__init__()
-        self.qmin = int(qmin)
-        self.qmax = int(qmax)
-        self.symmetric = bool(symmetric)
-        self.include_zero = bool(include_zero)
-        self.exact = bool(exact)
-        self.percentile = float(percentile)
-        self.averaging_constant = float(averaging_constant)
-        self.bins = int(bins)
-        self.register_buffer("min_val", None, persistent=False)
-        self.register_buffer("max_val", None, persistent=False)
-        self.batches = 0
+    bins: int = 2048
 
-    @property
-    def observed(self) -> bool:
-        """Whether at least one tensor was observed."""
-        return self.batches > 0
-
-    def reset(self) -> None:
-        """Forget everything observed."""
-        self.min_val = None
-        self.max_val = None
-        self.batches = 0
-
-    def observe(self, x: Tensor) -> None:
-        """Accumulate the statistics of ``x`` (``[groups, elements]``)."""
-        x = x.detach()
-        if x.dim() != 2:
-            x = x.reshape(1, -1)
-        if x.numel() == 0:
-            return
-        x = x.float()
-        bmin, bmax = torch.aminmax(x, dim=1)
-        if self.min_val is None or self.min_val.shape != bmin.shape:
-            self.min_val, self.max_val = bmin, bmax
-        else:
-            self.min_val = torch.minimum(self.min_val, bmin)
-            self.max_val = torch.maximum(self.max_val, bmax)
-        self._update(x, bmin, bmax)
-        self.batches += 1
-
-    def _update(self, x: Tensor, bmin: Tensor, bmax: Tensor) -> None:
-        """Subclass hook: update the statistics with one ``[groups, elements]`` float tensor."""
-
-    def compute_range(self) -> tuple[Tensor, Tensor]:
-        """``(lo, hi)`` per group (``[groups]`` each)."""
-        self._check()
-        return self.min_val, self.max_val  # type: ignore[return-value]
-
-    def qparams(self) -> tuple[Tensor, Tensor]:
-        """``(scale, zero_point)`` per group for the observer's integer format."""
-        lo, hi = self.compute_range()
-        return QF.choose_qparams(
-            lo, hi, self.qmin, self.qmax, symmetric=self.symmetric, include_zero=self.include_zero
-        )
-
-    def _check(self) -> None:
-        if not self.observed:
-            raise CalibrationError(
-                f"{type(self).__name__} has observed no data; run calibration data through the "
-                "model first."
-            )
-
-    def _clip_symmetric(self, a: Tensor) -> tuple[Tensor, Tensor]:
-        """The observed range clipped to ``[-a, a]``."""
-        lo = torch.maximum(self.min_val, -a)  # type: ignore[arg-type]
-        hi = torch.minimum(self.max_val, a)  # type: ignore[arg-type]
-        return lo, hi
-
-    def _fq_error(self, values: Tensor, counts: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-        """Squared quantization error of weighted samples for candidate ranges.
-
-        ``values``/``counts``: ``[G, M]``; ``lo``/``hi``: ``[G, C]``. Returns ``[G, C]``.
-        """
-        s, z = QF.choose_qparams(
-            lo, hi, self.qmin, self.qmax, symmetric=self.symmetric, include_zero=self.include_zero
-        )
-        v = values.unsqueeze(1)
-        q = QF.quantize(v, s.unsqueeze(-1), z.unsqueeze(-1), self.qmin, self.qmax)
-        err = (QF.dequantize(q, s.unsqueeze(-1), z.unsqueeze(-1)) - v) ** 2
-        return (err * counts.unsqueeze(1)).sum(-1)
-
-    def extra_repr(self) -> str:
-        return f"qmin={self.qmin}, qmax={self.qmax}, symmetric={self.symmetric}, batches={self.batches}"
+    def validate(self) -> None:
+        _check_bins(self)
 
 
-@OBSERVERS.register("minmax")
-class MinMaxObserver(Observer):
-    """The running minimum and maximum of every group."""
-
-
-@OBSERVERS.register("moving_minmax")
-class MovingMinMaxObserver(Observer):
-    """Exponential moving averages of each batch's min and max (weight ``averaging_constant``).
-
-    The first batch initialises the averages; batch ``t`` then moves them by
-    ``averaging_constant * (batch_value - average)``.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.register_buffer("avg_min", None, persistent=False)
-        self.register_buffer("avg_max", None, persistent=False)
-
-    def reset(self) -> None:
-        super().reset()
-        self.avg_min = None
-        self.avg_max = None
-
-    def _update(self, x: Tensor, bmin: Tensor, bmax: Tensor) -> None:
-        if self.avg_min is None or self.avg_min.shape != bmin.shape or self.exact:
-            self.avg_min, self.avg_max = bmin.clone(), bmax.clone()
-        else:
-            c = self.averaging_constant
-            self.avg_min = self.avg_min + c * (bmin - self.avg_min)
-            self.avg_max = self.avg_max + c * (bmax - self.avg_max)
-
-    def compute_range(self) -> tuple[Tensor, Tensor]:
-        self._check()
-        return self.avg_min, self.avg_max  # type: ignore[return-value]
+def _check_bins(spec: Any) -> None:
+    b = spec.bins
+    if isinstance(b, bool) or not isinstance(b, int) or b < 16:
+        raise ConfigError(f"{type(spec).__name__}.bins must be an int >= 16, got {b!r}.")
 
 
 class HistogramObserver(Observer):
@@ -236,12 +56,18 @@ class HistogramObserver(Observer):
     the mass in one bin, which would dominate a distribution-matching criterion.
 
     For symmetric formats the histogram is of ``|x|`` over ``[0, max|x|]``; otherwise of ``x`` over
-    ``[min, max]``. When a batch falls outside the current range the histogram is re-binned onto the
-    wider range (its CDF interpolated linearly, i.e. counts assumed uniform inside a bin). With
-    ``exact=True`` (weights) the observed tensor itself is used.
+    ``[min, max]``. Calibration fixes that range in a first pass over the data
+    (:meth:`~Observer.begin_range_pass`, :meth:`fix_range`); the histogram then counts the second
+    pass over the fixed range, so its counts (integers) do not depend on the order of the batches
+    and sum exactly across ranks. Fed without a range pass (data that can be read only once), the
+    histogram starts on the first batch's range and, when a batch falls outside it, is re-binned
+    onto the wider range (its CDF interpolated linearly, i.e. counts assumed uniform inside a bin).
+    With ``exact=True`` (weights) the observed tensor itself is used.
     """
 
     skip_zeros = False
+    Spec: ClassVar[type[ObserverSpec]] = Histogram
+    spec: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -249,6 +75,12 @@ class HistogramObserver(Observer):
         self.register_buffer("hist_lo", None, persistent=False)
         self.register_buffer("hist_hi", None, persistent=False)
         self.register_buffer("data", None, persistent=False)
+        #: the histogram's range was fixed by a range pass (no re-binning)
+        self.fixed = False
+
+    @property
+    def needs_range_pass(self) -> bool:
+        return not self.exact
 
     def reset(self) -> None:
         super().reset()
@@ -256,28 +88,58 @@ class HistogramObserver(Observer):
         self.hist_lo = None
         self.hist_hi = None
         self.data = None
+        self.fixed = False
+
+    def _span(self, bmin: Tensor, bmax: Tensor) -> tuple[Tensor, Tensor]:
+        """The histogram's range for values in ``[bmin, bmax]`` (of ``|x|`` if symmetric)."""
+        if self.symmetric:
+            return torch.zeros_like(bmin), torch.maximum(bmin.abs(), bmax.abs())
+        return bmin, bmax
+
+    def fix_range(self) -> None:
+        """Start an empty histogram over the range seen so far (it is not re-binned afterwards:
+        values outside it count in the edge bins)."""
+        lo, hi = self._span(self.min_val, self.max_val)  # type: ignore[arg-type]
+        hi = torch.where(hi > lo, hi, lo + 1e-8 * lo.abs().clamp(min=1.0))
+        self.hist_lo, self.hist_hi = lo, hi
+        self.hist = torch.zeros(lo.shape[0], self.spec.bins, dtype=torch.float64, device=lo.device)
+        self.fixed = True
+
+    def reduce_stats(self, groups: int, device: torch.device) -> None:
+        """Sum the ranks' histograms (counts over the same fixed range)."""
+        if self.exact:
+            return  # a weight: the same tensor on every rank
+        if not self.fixed:
+            raise CalibrationError(
+                f"{type(self).__name__}: histograms over different ranges cannot be combined "
+                "across ranks; calibrate with a range pass (begin_range_pass / end_range_pass)."
+            )
+        h = self.hist
+        if h is None:
+            h = torch.zeros(groups, self.spec.bins, dtype=torch.float64, device=device)
+        self.hist = all_reduce_(h, "sum")
 
     def _update(self, x: Tensor, bmin: Tensor, bmax: Tensor) -> None:
         if self.exact:
             self.data = x
             return
         v = x.abs() if self.symmetric else x
-        if self.symmetric:
-            lo = torch.zeros_like(bmin)
-            hi = torch.maximum(bmin.abs(), bmax.abs())
-        else:
-            lo, hi = bmin, bmax
-        if self.hist is None or self.hist.shape[0] != x.shape[0]:
+        lo, hi = self._span(bmin, bmax)
+        if self.fixed and self.hist is not None:
+            pass  # the range pass fixed it
+        elif self.hist is None or self.hist.shape[0] != x.shape[0]:
             hi = torch.where(hi > lo, hi, lo + 1e-8 * lo.abs().clamp(min=1.0))
             self.hist_lo, self.hist_hi = lo, hi
-            self.hist = torch.zeros(x.shape[0], self.bins, dtype=torch.float64, device=x.device)
+            self.hist = torch.zeros(
+                x.shape[0], self.spec.bins, dtype=torch.float64, device=x.device
+            )
         else:
             new_lo = torch.minimum(self.hist_lo, lo)
             new_hi = torch.maximum(self.hist_hi, hi)
             if bool(((new_lo < self.hist_lo) | (new_hi > self.hist_hi)).any()):
                 self.hist = _rebin(self.hist, self.hist_lo, self.hist_hi, new_lo, new_hi)
                 self.hist_lo, self.hist_hi = new_lo, new_hi
-        h = _histc_rows(v, self.hist_lo, self.hist_hi, self.bins)
+        h = _histc_rows(v, self.hist_lo, self.hist_hi, self.spec.bins)
         if self.skip_zeros:
             h = _drop_zeros(h, v, self.hist_lo, self.hist_hi)
         self.hist += h
@@ -292,8 +154,8 @@ class HistogramObserver(Observer):
         if self.exact:
             v = self.data.abs() if self.symmetric else self.data  # type: ignore[union-attr]
             return v, torch.ones_like(v), self.symmetric
-        width = (self.hist_hi - self.hist_lo) / self.bins  # type: ignore[operator]
-        idx = torch.arange(self.bins, device=self.hist.device, dtype=torch.float32)  # type: ignore[union-attr]
+        width = (self.hist_hi - self.hist_lo) / self.spec.bins  # type: ignore[operator]
+        idx = torch.arange(self.spec.bins, device=self.hist.device, dtype=torch.float32)  # type: ignore[union-attr]
         centres = self.hist_lo.unsqueeze(1) + (idx + 0.5) * width.unsqueeze(1)  # type: ignore[union-attr]
         return centres, self.hist.float(), self.symmetric  # type: ignore[union-attr]
 
@@ -303,7 +165,7 @@ class HistogramObserver(Observer):
         if not self.exact:
             return self.hist.float(), self.hist_lo, self.hist_hi  # type: ignore[union-attr, return-value]
         v, _, _ = self.samples()
-        b = bins or self.bins
+        b = bins or self.spec.bins
         if self.symmetric:
             lo = torch.zeros(v.shape[0], device=v.device)
             hi = v.amax(1)
@@ -369,6 +231,38 @@ def _weighted_quantile(values: Tensor, counts: Tensor, q: float) -> Tensor:
     return v.gather(1, idx).squeeze(1)
 
 
+@dataclass(frozen=True)
+class Percentile(ObserverSpec):
+    """The ``"percentile"`` observer: clip at a percentile of a streaming histogram.
+
+    Args:
+        percentile: the percentile of the values (of ``|x|`` for symmetric formats) kept inside the
+            range, in ``(0, 100]``.
+        bins: histogram bins per group (at least 16).
+
+    Example:
+        >>> import torchcompress as tc
+        >>> cfg = tc.QuantConfig(observer=tc.quant.Percentile(99.9))
+        >>> cfg.observer
+        Percentile(percentile=99.9, bins=2048)
+    """
+
+    percentile: float = 99.99
+    bins: int = 2048
+    name: ClassVar[str] = "percentile"
+
+    def validate(self) -> None:
+        check_range(
+            "percentile",
+            self.percentile,
+            0.0,
+            100.0,
+            low_inclusive=False,
+            owner=type(self).__name__,
+        )
+        _check_bins(self)
+
+
 @OBSERVERS.register("percentile")
 class PercentileObserver(HistogramObserver):
     """Clip at the ``percentile``-th percentile (of ``|x|`` for symmetric formats).
@@ -377,15 +271,33 @@ class PercentileObserver(HistogramObserver):
     streaming histogram (to one bin), or computed exactly for weights.
     """
 
+    Spec = Percentile
+
     def compute_range(self) -> tuple[Tensor, Tensor]:
         v, c, absolute = self.samples()
-        p = self.percentile / 100.0
+        p = self.spec.percentile / 100.0
         if absolute:
             a = _weighted_quantile(v, c, p)
             return self._clip_symmetric(a)
         lo = _weighted_quantile(v, c, 1.0 - p)
         hi = _weighted_quantile(v, c, p)
         return torch.minimum(lo, hi), torch.maximum(lo, hi)
+
+
+@dataclass(frozen=True)
+class MSE(Histogram):
+    """The ``"mse"`` observer: the clipping range minimising the squared quantization error.
+
+    Args:
+        bins: histogram bins per group (at least 16).
+
+    Example:
+        >>> import torchcompress as tc
+        >>> tc.QuantConfig(weight_observer=tc.quant.MSE()).weight_observer_name
+        'mse'
+    """
+
+    name: ClassVar[str] = "mse"
 
 
 @OBSERVERS.register("mse")
@@ -402,6 +314,7 @@ class MSEObserver(HistogramObserver):
     """
 
     candidates = 100
+    Spec = MSE
 
     def compute_range(self) -> tuple[Tensor, Tensor]:
         v, c, absolute = self.samples()
@@ -462,6 +375,22 @@ def _chunked_error(
     return torch.cat(out)
 
 
+@dataclass(frozen=True)
+class KL(Histogram):
+    """The ``"kl"`` observer (TensorRT's entropy calibration).
+
+    Args:
+        bins: histogram bins per group (at least 16).
+
+    Example:
+        >>> import torchcompress as tc
+        >>> tc.QuantConfig(observer=tc.quant.KL(bins=512)).to_dict()["observer"]
+        {'__config__': 'KL', 'bins': 512}
+    """
+
+    name: ClassVar[str] = "kl"
+
+
 @OBSERVERS.register("kl")
 class KLObserver(HistogramObserver):
     """TensorRT entropy calibration (Migacz 2017, "8-bit Inference with TensorRT").
@@ -479,6 +408,7 @@ class KLObserver(HistogramObserver):
         max_candidates: candidate windows per group (the search grid is subsampled beyond it).
     """
 
+    Spec = KL
     max_candidates = 1024
     skip_zeros = True
     #: candidates per group when observing weights exactly (one search per output channel)
@@ -487,7 +417,7 @@ class KLObserver(HistogramObserver):
     def compute_range(self) -> tuple[Tensor, Tensor]:
         levels_signed = (self.qmax - self.qmin + 1) // 2
         levels_full = self.qmax - self.qmin + 1
-        bins = self.bins if not self.exact else min(self.bins, max(4 * levels_full, 512))
+        bins = self.spec.bins if not self.exact else min(self.spec.bins, max(4 * levels_full, 512))
         hist, lo, hi = self.histogram(bins)
         g, b = hist.shape
         width = (hi - lo) / b
@@ -578,88 +508,3 @@ def _kl_best_window(
         terms = torch.where(p > 0, p * torch.log(p / q), p.new_zeros(()))
         kls.append(terms.sum(1))
     return int(torch.cat(kls).argmin())
-
-
-#: Widest format the SAWB observer clips (wider ones use min/max; see :class:`SAWBObserver`).
-SAWB_MAX_BITS = 4
-
-#: bits -> (c1, c2) of SAWB's ``alpha = c1 * sqrt(E[x^2]) - c2 * E[|x|]`` for the symmetric signed grid
-#: ``scale = alpha / (2^(b-1) - 1)`` (see the module docstring for how they were fitted: the
-#: MSE-optimal scales of the fit, re-expressed for this grid).
-SAWB_COEFFICIENTS: dict[int, tuple[float, float]] = {
-    2: (3.442, 2.347),  # 2-bit: scale = alpha / 1.5 (see functional.symmetric_scale)
-    3: (6.466, 5.847),
-    4: (12.173, 12.281),
-    5: (18.974, 20.151),
-    6: (26.577, 29.044),
-    7: (35.531, 39.590),
-    8: (47.186, 53.362),
-}
-
-
-@OBSERVERS.register("sawb")
-class SAWBObserver(Observer):
-    """Statistics-aware weight binning (Choi et al. 2018): ``alpha = c1 sqrt(E x^2) - c2 E|x|``.
-
-    Streams ``E[x^2]`` and ``E|x|`` per group; the range is the observed range clipped to
-    ``[-alpha, alpha]``. Used up to :data:`SAWB_MAX_BITS` (4) bits, the low-bit regime the method
-    is for; wider formats use the plain min/max. Above 4 bits the fitted coefficients grow large
-    and nearly cancel, so ``alpha`` becomes unstable for distributions outside the fit family (for
-    uniform data the 8-bit fit clips at 0.56 of the maximum, where the optimum is about the maximum;
-    depthwise filters of nine weights look like that and an 8-bit MobileNetV2 collapsed), while
-    the best clip at those widths is close to the maximum anyway.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.register_buffer("sum_sq", None, persistent=False)
-        self.register_buffer("sum_abs", None, persistent=False)
-        self.count = 0
-
-    def reset(self) -> None:
-        super().reset()
-        self.sum_sq = None
-        self.sum_abs = None
-        self.count = 0
-
-    def _update(self, x: Tensor, bmin: Tensor, bmax: Tensor) -> None:
-        sq = x.double().pow(2).sum(1)
-        ab = x.double().abs().sum(1)
-        if self.exact or self.sum_sq is None or self.sum_sq.shape != sq.shape:
-            self.sum_sq, self.sum_abs, self.count = sq, ab, x.shape[1]
-        else:
-            self.sum_sq = self.sum_sq + sq
-            self.sum_abs = self.sum_abs + ab
-            self.count += x.shape[1]
-
-    def compute_range(self) -> tuple[Tensor, Tensor]:
-        self._check()
-        bits = round(math.log2(self.qmax - self.qmin + 1))
-        if bits > SAWB_MAX_BITS or bits not in SAWB_COEFFICIENTS:
-            return self.min_val, self.max_val  # type: ignore[return-value]
-        c1, c2 = SAWB_COEFFICIENTS[bits]
-        m2 = (self.sum_sq / self.count).sqrt()  # type: ignore[operator]
-        m1 = self.sum_abs / self.count  # type: ignore[operator]
-        alpha = (c1 * m2 - c2 * m1).float().clamp(min=0)
-        amax = torch.maximum(self.min_val.abs(), self.max_val.abs())  # type: ignore[union-attr]
-        alpha = torch.where(alpha > 0, torch.minimum(alpha, amax), amax)
-        return self._clip_symmetric(alpha)
-
-
-def make_observer(
-    name: str,
-    *,
-    qmin: int,
-    qmax: int,
-    symmetric: bool,
-    include_zero: bool = False,
-    exact: bool = False,
-    **options: Any,
-) -> Observer:
-    """Build the registered observer ``name`` for the integer range ``[qmin, qmax]``.
-
-    Raises:
-        ConfigError: unknown observer name (the message lists the registered ones).
-    """
-    cls = OBSERVERS.get(name)
-    return cls(qmin, qmax, symmetric=symmetric, include_zero=include_zero, exact=exact, **options)

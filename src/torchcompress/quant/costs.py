@@ -1,0 +1,88 @@
+"""Profiler costs of the quantization modules (registered on import): MACs and parameters of the
+layer each replaces (from its :class:`~torchcompress.layers.Geometry`), and the bytes it really
+stores."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import torch
+from torch import nn
+
+from ..costs import LayerCost, register_cost
+from ..layers import Geometry
+from .int_layer import IntLayer
+from .kmeans import KMeansLayer
+from .modules import FakeQuantize, QuantizedModule, QuantLayer
+
+__all__: list[str] = []
+
+
+def _state_bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
+def _macs(module: QuantizedModule, output: Any) -> int:
+    """Multiply-adds of the dense layer the module stands for (:meth:`Geometry.macs`)."""
+    if not isinstance(output, torch.Tensor):
+        return 0
+    geo: Geometry = module.geometry
+    return geo.macs(geo.output_positions(output))
+
+
+def _params(module: QuantizedModule, bias: torch.Tensor | None) -> int:
+    return module.geometry.out_features * module.geometry.n + (
+        bias.numel() if bias is not None else 0
+    )
+
+
+@register_cost(QuantLayer)
+def _quant_layer_cost(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+) -> LayerCost:
+    m = cast(QuantLayer, module)
+    return LayerCost(
+        macs=_macs(m, output),
+        params=_params(m, m.bias),
+        bytes=_state_bytes(m),
+        note="fake-quant (float weights, simulated integers; tc.convert stores integers)",
+    )
+
+
+@register_cost(IntLayer)
+def _int_layer_cost(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+) -> LayerCost:
+    m = cast(IntLayer, module)
+    params = _params(m, m.bias)
+    w = m.wfmt
+    fmt = "float weights" if w is None else f"int{w['bits']} weights"
+    if w is not None and w["bits"] <= 4:
+        fmt += " (packed)"
+    return LayerCost(
+        macs=_macs(m, output),
+        params=params,
+        nonzero_params=params,
+        bytes=m.stored_bytes(),
+        note=f"{fmt}: {m.kernel_note()}",
+    )
+
+
+@register_cost(KMeansLayer)
+def _kmeans_cost(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+) -> LayerCost:
+    m = cast(KMeansLayer, module)
+    return LayerCost(
+        macs=_macs(m, output),
+        params=_params(m, m.bias),
+        bytes=_state_bytes(m),
+        note=f"{m.bits}-bit codebook: dequantized on the fly",
+    )
+
+
+@register_cost(FakeQuantize)
+def _fq_cost(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+) -> LayerCost:
+    return LayerCost(macs=0, params=0, bytes=_state_bytes(module), note="activation quantizer")
