@@ -242,3 +242,19 @@ def test_progress_lines_when_piped_and_evaluate(tmp_path: Path) -> None:
         )
         == 0
     )
+
+
+def test_check_and_dump_give_back_the_recipe_as_understood(tmp_path: Path, capsys) -> None:
+    from torchcompress.recipe import load, loads
+
+    examples = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        assert main(["run", str(path), "--check", "--dump"]) == 0
+        out = capsys.readouterr().out
+        first, dumped = out.split("\n", 1)
+        assert first.startswith(f"{path}: valid; baseline: model, data")
+        again = loads(dumped, check=False)
+        original = load(path, check=False)
+        assert again.steps == original.steps, path.name
+        assert [v.steps for v in again.variants] == [v.steps for v in original.variants]

@@ -123,3 +123,36 @@ def test_plain_leaves_defaults_out_and_round_trips() -> None:
 
 def test_check_value_accepts_anything_for_unevaluated_hints() -> None:
     assert check_value({"a": 1}, "SomeName", Where()) == {"a": 1}
+
+
+def test_registered_kinds_are_spelt_by_name_and_round_trip() -> None:
+    import torchcompress as tc
+    from torchcompress.recipe import QuantizeStep, dumps, loads
+    from torchcompress.recipe.schema import kinds_of
+
+    assert {"minmax", "percentile", "mse", "kl"} <= set(kinds_of(tc.quant.ObserverSpec))
+    assert kinds_of(tc.IntSpec) == {}
+    head = "steps:\n  - model: resnet20\n  - quantize: {config: "
+    cfg = loads(head + "{observer: {name: percentile, percentile: 99.9}, weight_observer: mse}}\n")
+    q = cfg.steps[1].config
+    assert q == tc.QuantConfig(observer=tc.quant.Percentile(99.9), weight_observer="mse")
+    # the config's own shorthand options are keys too
+    short = loads(head + "{observer: percentile, percentile: 99.9}}\n").steps[1].config
+    assert short.observer == tc.quant.Percentile(99.9)
+    for one in (
+        q,
+        short,
+        tc.QuantConfig(),
+        tc.QuantConfig(observer=tc.quant.MovingMinMax(0.5), mode="static"),
+    ):
+        text = dumps([QuantizeStep(one)])
+        assert loads(text, check=False).steps[0].config == one, text
+    assert "observer" not in dumps([QuantizeStep(tc.QuantConfig())])  # the default is left out
+    with pytest.raises(
+        ConfigError, match=r"config.observer: unknown ObserverSpec name 'percentil'"
+    ):
+        loads(head + "{observer: {name: percentil}}}\n")
+    with pytest.raises(ConfigError, match="ObserverSpec needs 'name:'"):
+        loads(head + "{observer: {percentile: 99.0}}}\n")
+    with pytest.raises(ConfigError, match="sets 'percentile' itself"):
+        loads(head + "{observer: {name: percentile, percentile: 99.0}, percentile: 98.0}}\n")

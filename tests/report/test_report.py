@@ -253,3 +253,56 @@ def test_json_has_no_nan_and_text_files_are_written_whole(tmp_path: Path) -> Non
 
     with pytest.raises(ConfigError, match="cannot be written"):
         write_text_files(blocker / "x", {"a": "b"})
+
+
+def test_a_run_reports_the_library_s_own_measurements(tmp_path: Path) -> None:
+    """The figures in report.json are exactly what tc.evaluate and tc.profile say of each model,
+    the per-layer figures add up to the totals, and report.md shows the same numbers."""
+    import torch
+
+    import torchcompress as tc
+    from torchcompress.recipe import loads, run
+
+    text = """
+seed: 0
+latency: false
+steps:
+  - model: torchcompress.testing:MixedConvNet
+  - data: {name: digits, kwargs: {image_size: 8, batch_size: 256}, calib_batches: 2}
+  - finetune: {steps: 3, lr: 0.05}
+variants:
+  - steps: [fuse, {quantize: {config: {observer: minmax}}}, convert]
+  - steps: [{prune: {sparsity: 0.5, scope: global}}]
+"""
+    result = run(loads(text), tmp_path)
+    report = json.loads((tmp_path / "report.json").read_text())
+    _train, test = tc.data.digits(image_size=8, batch_size=256)
+    x = next(iter(test))[0][:1]  # the example: one test image
+    assert [r["variant"] for r in report["rows"]] == [b.label for b in result.branches]
+    for row, branch, saved in zip(report["rows"], result.branches, report["branches"]):
+        model = branch.model.eval()
+        assert row["accuracy"] == tc.evaluate(model, test)["accuracy"]
+        prof = tc.profile(model, x)
+        assert (row["params"], row["macs"], row["bytes"]) == (
+            prof.total_params,
+            prof.total_macs,
+            prof.total_bytes,
+        )
+        assert row["effective_macs"] == prof.total_effective_macs
+        layers = saved["figures"]["layers"]
+        leaves = [
+            r for r in layers if not any(o["name"].startswith(r["name"] + ".") for o in layers)
+        ]
+        for key in ("params", "nonzero_params", "macs", "bytes"):
+            assert sum(r[key] for r in leaves) == row[key], (saved["label"], key)
+    base, int8, pruned = report["rows"]
+    assert base["output_cosine"] == pytest.approx(1.0)
+    # int8 weights: about a quarter of the stored bytes; pruning halves the non-zero weights
+    assert 0.2 < int8["bytes"] / base["bytes"] < 0.35
+    assert pruned["params"] == base["params"]
+    assert pruned["nonzero_params"] == pytest.approx(base["nonzero_params"] * 0.5, rel=0.05)
+    md = (tmp_path / "report.md").read_text()
+    assert f"| {int8['bytes'] / base['bytes']:.2f}x |" in md
+    assert f"{100 * base['accuracy']:.1f}%" in md
+    with torch.no_grad():
+        assert torch.isfinite(result.branches[1].model(x)).all()

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import collections.abc as cabc
 import dataclasses
+import inspect
 import math
 import types
 import typing
@@ -41,7 +42,7 @@ from typing import Any, TypeVar
 from ..config import Config
 from ..errors import ConfigError, TorchCompressError, did_you_mean
 
-__all__ = ["Where", "check_value", "field_names", "parse_config", "plain"]
+__all__ = ["Where", "check_value", "field_names", "kinds_of", "parse_config", "plain"]
 
 C = TypeVar("C", bound=Config)
 
@@ -73,16 +74,69 @@ class Where:
         return ConfigError(f"{self}: {message}")
 
 
+def _init_options(cls: type[Any]) -> list[str]:
+    """Keyword arguments of a config's own ``__init__`` that are not fields (shorthands such as
+    ``QuantConfig(percentile=...)``)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [n for n, p in list(params.items())[1:] if p.kind in kinds and n not in fields]
+
+
 def field_names(cls: type[Any]) -> list[str]:
-    """The dataclass fields of ``cls`` that a recipe may set, in declaration order."""
-    return [f.name for f in dataclasses.fields(cls) if f.init]
+    """The dataclass fields of ``cls`` that a recipe may set, in declaration order, then the
+    keyword options its own ``__init__`` takes besides them."""
+    return [f.name for f in dataclasses.fields(cls) if f.init] + _init_options(cls)
 
 
 def _hints(cls: type[Any]) -> dict[str, Any]:
     try:
-        return typing.get_type_hints(cls)
+        hints = typing.get_type_hints(cls)
     except (NameError, TypeError):  # annotations naming classes local to a function
-        return {f.name: f.type for f in dataclasses.fields(cls)}
+        hints = {f.name: f.type for f in dataclasses.fields(cls)}
+    if _init_options(cls):
+        try:
+            init = typing.get_type_hints(cls.__init__)
+        except (NameError, TypeError):
+            init = {}
+        hints = {**{k: v for k, v in init.items() if k != "return"}, **hints}
+    return hints
+
+
+def kinds_of(cls: type[Any]) -> dict[str, type[Any]]:
+    """Subclasses of a config that stand for registered kinds, by name (``{}`` for other configs).
+
+    A config class whose ``name`` is a class attribute, not a field (the observer specs: the
+    registry that owns them sets it), is spelt in a recipe by that name: ``percentile``, or a
+    mapping with ``name:`` and the kind's fields (``{name: percentile, percentile: 99.9}``).
+    """
+    if not isinstance(getattr(cls, "name", None), str) or "name" in {
+        f.name for f in dataclasses.fields(cls)
+    }:
+        return {}
+    out: dict[str, type[Any]] = {}
+    stack = [cls]
+    while stack:
+        c = stack.pop()
+        if getattr(c, "name", ""):
+            out.setdefault(c.name, c)
+        stack.extend(c.__subclasses__())
+    return out
+
+
+def _parse_kind(hint: type[Any], kinds: dict[str, type[Any]], value: Any, where: Where) -> Any:
+    name = value if isinstance(value, str) else value.get("name")
+    if not isinstance(name, str) or name not in kinds:
+        names = sorted(kinds)
+        raise where.error(
+            f"unknown {hint.__name__} name {name!r} (names: {', '.join(names)})."
+            f"{did_you_mean(str(name), names)}"
+        )
+    rest = {} if isinstance(value, str) else {k: v for k, v in value.items() if k != "name"}
+    return parse_config(kinds[name], rest, where)
 
 
 def _type_name(hint: Any) -> str:
@@ -145,6 +199,8 @@ def check_value(value: Any, hint: Any, where: Where) -> Any:
         members = [a for a in args if a is not type(None)]
         if len(members) == 1:  # ``X | None``: X's own message is the precise one
             return check_value(value, members[0], where)
+        if isinstance(value, str) and str in members:  # a name the config itself resolves
+            return value
         errors: list[ConfigError] = []
         # configs last: a mapping is tried as a plain mapping type first only if no config fits
         ordered = sorted(args, key=lambda a: not (isinstance(a, type) and issubclass(a, Config)))
@@ -190,6 +246,13 @@ def check_value(value: Any, hint: Any, where: Where) -> Any:
     if isinstance(hint, type) and issubclass(hint, Config):
         if isinstance(value, hint):
             return value
+        kinds = kinds_of(hint)
+        if kinds and (isinstance(value, str) or (isinstance(value, dict) and "name" in value)):
+            return _parse_kind(hint, kinds, value, where)
+        if kinds and not getattr(hint, "name", "") and isinstance(value, dict):
+            raise where.error(
+                f"{hint.__name__} needs 'name:' (one of: {', '.join(sorted(kinds))})."
+            )
         if isinstance(value, dict):
             return parse_config(hint, value, where)
         raise where.error(f"expected {_type_name(hint)}, got {_describe(value)}.")
@@ -257,6 +320,8 @@ def parse_config(cls: type[C], data: Any, where: Where) -> C:
         if f.init and f.name not in kwargs and required:
             raise where.error(f"{cls.__name__} needs the key {f.name!r}.")
     try:
+        if any(k in kwargs for k in _init_options(cls)):
+            return cls(**kwargs)  # shorthand options: the config's own __init__ reads them
         return cls.from_dict(kwargs)
     except TorchCompressError as e:
         raise where.error(str(e)) from None
@@ -272,19 +337,32 @@ def plain(config: Any, *, defaults: bool = False) -> Any:
     """
     if isinstance(config, Config) and dataclasses.is_dataclass(config):
         out: dict[str, Any] = {}
+        fresh = None if defaults else _default_instance(type(config))
         for f in dataclasses.fields(config):
             if not f.init:
                 continue
             value = getattr(config, f.name)
-            if not defaults and _is_default(f, value):
+            if not defaults and (
+                _is_default(f, value) or (fresh is not None and getattr(fresh, f.name) == value)
+            ):
                 continue
             out[f.name] = plain(value, defaults=defaults)
+        kind = getattr(type(config), "name", "") if kinds_of(type(config)) else ""
+        if kind:  # a registered kind: by its name
+            return {"name": kind, **out} if out else kind
         return out
     if isinstance(config, tuple | list):
         return [plain(v, defaults=defaults) for v in config]
     if isinstance(config, dict):
         return {k: plain(v, defaults=defaults) for k, v in config.items()}
     return config
+
+
+def _default_instance(cls: type[Any]) -> Any:
+    try:
+        return cls()
+    except Exception:  # a config with required fields
+        return None
 
 
 def _is_default(f: dataclasses.Field[Any], value: Any) -> bool:

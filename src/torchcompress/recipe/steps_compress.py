@@ -23,6 +23,7 @@ from torch import nn
 import torchcompress as tc
 
 from ..errors import check_range
+from .schema import plain
 from .steps import Patterns, Step, StepContext, register_step
 
 __all__ = [
@@ -65,7 +66,16 @@ def _wa(config: Any) -> str:
             a += f"/{config.activation.granularity}"
     text = f"W{config.weight.bits if config.weight is not None else 'fp'}{a}"
     default = type(config)().observer
-    return text if config.observer == default else f"{text} {config.observer}"
+    return text if config.observer == default else f"{text} {_observer_text(config.observer)}"
+
+
+def _observer_text(spec: Any) -> str:
+    """``percentile``, or ``percentile(percentile=99.9)`` when its options are not the defaults."""
+    spelt = plain(spec)
+    if not isinstance(spelt, dict):
+        return str(spelt)
+    name = spelt.pop("name", type(spec).__name__)
+    return f"{name}({', '.join(f'{k}={v}' for k, v in spelt.items())})"
 
 
 @register_step
@@ -228,7 +238,7 @@ class QuantizeStep(Step):
 
     def describe(self) -> str:
         c = self.config
-        return f"{c.mode} post-training quantization, {_quant_text(c)}, {c.observer} ranges"
+        return f"{c.mode} post-training quantization, {_quant_text(c)}, {_observer_text(c.observer)} ranges"
 
 
 @register_step

@@ -34,11 +34,12 @@ Example:
 from __future__ import annotations
 
 from .machine import environment, machine_line
-from .markdown import markdown_table, render_markdown, text_table
+from .markdown import legend, markdown_table, render_markdown, text_table
 from .writer import write_report
 
 __all__ = [
     "environment",
+    "legend",
     "machine_line",
     "markdown_table",
     "render_markdown",

@@ -18,7 +18,7 @@ from typing import Any
 
 from .machine import machine_line
 
-__all__ = ["fmt_bytes", "fmt_count", "markdown_table", "render_markdown", "text_table"]
+__all__ = ["fmt_bytes", "fmt_count", "legend", "markdown_table", "render_markdown", "text_table"]
 
 
 def fmt_count(n: float) -> str:
@@ -123,7 +123,8 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in lines)
 
 
-def _legend(rows: Sequence[dict[str, Any]]) -> str:
+def legend(rows: Sequence[dict[str, Any]]) -> str:
+    """The sentences under the summary table that say what its columns mean."""
     parts = [
         "The first row is the baseline; the others are relative to it (params, MACs, stored bytes)."
     ]
@@ -177,7 +178,7 @@ def render_markdown(
         "",
         markdown_table(data.get("rows", [])),
         "",
-        _legend(data.get("rows", [])),
+        legend(data.get("rows", [])),
         "",
     ]
     for file, caption in plots:
