@@ -112,3 +112,16 @@ def test_every_python_block_runs_and_prints_what_it_claims(index: int, tmp_path:
             f"README: {statement} printed {printed!r}, the README says {claim!r}"
         )
     assert not list(ROOT.glob("*.safetensors")) and not list(ROOT.glob("*.onnx"))
+
+
+def test_the_demo_table_and_plot_come_from_a_demo_run() -> None:
+    import json
+
+    demo = json.loads((ROOT / "docs" / "demo" / "demo.json").read_text())
+    rows = demo["rows"]
+    assert rows[0]["variant"].startswith("baseline: resnet20") and rows[0]["latency"] == 1.0
+    assert all(r["variant"] in README for r in rows)  # the table is in the README
+    assert demo["machine"]["cpu_capability"] and demo["versions"]["torchcompress"]
+    png = ROOT / "docs" / "demo" / "frontier_size.png"
+    assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size < 200_000
+    assert "](docs/demo/frontier_size.png)" in README
