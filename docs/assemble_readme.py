@@ -26,6 +26,7 @@ ORDER = [
     "quant",
     "qat",
     "sparsity",
+    "structured",
     "lowrank",
     "distill",
     "recipes",

@@ -65,6 +65,10 @@ def test_demo_runs_every_family_and_reports_what_each_bought(tmp_path: Path) -> 
     # quantize folds the BatchNorms (a few hundred params fewer), then stores int8
     assert 0.99 * lowrank["params"] < combo["params"] <= lowrank["params"]
     assert combo["bytes"] < 0.3 * lowrank["bytes"]
+    if "prune_channels" not in PLANNED:  # half of the channels of every group removed for real
+        channels = by["channels pruned 50% (l2, local) + fine-tuned 1 ep"]
+        assert channels["params"] < 0.5 * fp32["params"] and channels["macs"] < 0.5 * fp32["macs"]
+        assert channels["bytes"] < 0.5 * fp32["bytes"] and channels["accuracy"] > 0.3
     assert all(r["latency"] > 0 for r in rows) and fp32["latency"] == 1.0
     assert all(r["latency_spread"] is not None for r in rows[1:])
     text = out.getvalue()

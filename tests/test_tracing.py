@@ -599,6 +599,56 @@ def test_taxonomy_on_recorded_ops_matches_fx() -> None:
     assert OPS.module_is(nn.Hardtanh(0.0, 2.0), RELU6)
 
 
+def test_categories_for_shape_following() -> None:
+    """What channel pruning's dependency graph asks of recorded ops."""
+    from torchcompress.tracing import (
+        ALONG_DIM,
+        ATTENTION,
+        CAST,
+        COMPARE,
+        FACTORY,
+        LIKE,
+        LINEAR,
+        MATMUL,
+        PERMUTE,
+        REDUCE,
+    )
+
+    log = Log()
+    x = torch.randn(2, 3, 4)
+    w = torch.randn(5, 4)
+    with Recorder(nn.Identity(), [log]):
+        x.transpose(1, 2)
+        x.permute(0, 2, 1)
+        _ = x.mT
+        _ = x > 0
+        x.to(torch.float64)
+        x.softmax(-1)
+        F.normalize(x, dim=-1)
+        x.sum(-1)
+        x.max(dim=1)
+        torch.max(x, x)
+        x @ x.transpose(-1, -2)
+        F.linear(x, w)
+        F.scaled_dot_product_attention(x, x, x)
+        torch.zeros_like(x)
+        x.new_zeros(3)
+        x.norm(2, -1)
+    cats = [(e.func_name, e.categories) for e in log.ops]
+    got = dict(cats[:3] + cats[3:])
+    assert PERMUTE in cats[0][1] and PERMUTE in cats[1][1] and PERMUTE in cats[2][1]
+    assert COMPARE in got["gt"] and ELEMENTWISE in got["gt"]
+    assert CAST in got["to"] and ALONG_DIM in got["softmax"] and ALONG_DIM in got["normalize"]
+    assert REDUCE in got["sum"]
+    maxes = [c for n, c in cats if n == "max"]
+    assert REDUCE in maxes[0] and ELEMENTWISE not in maxes[0]
+    assert ELEMENTWISE in maxes[1] and REDUCE not in maxes[1]  # max of two tensors
+    assert MATMUL in got["matmul"] and LINEAR in got["linear"]
+    assert ATTENTION in got["scaled_dot_product_attention"]
+    assert LIKE in got["zeros_like"] and FACTORY in got["new_zeros"] and REDUCE in got["norm"]
+    assert not OPS.op_is(torch.Tensor.size, PERMUTE)
+
+
 def test_module_classes_match_exactly() -> None:
     class MyReLU(nn.ReLU):  # a subclass may compute something else
         def forward(self, x: Tensor) -> Tensor:
@@ -719,7 +769,7 @@ def test_relu_origins_listener() -> None:
 # --- docs ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["", ".ops", ".tracer", ".recorder"])
+@pytest.mark.parametrize("name", ["", ".ops", ".op_table", ".tracer", ".recorder"])
 def test_docstring_examples(name: str) -> None:
     mod = importlib.import_module("torchcompress.tracing" + name)
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

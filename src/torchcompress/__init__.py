@@ -25,7 +25,7 @@ from ._version import __version__
 
 # public name -> module that defines it (imported lazily on first access). Names of the planned
 # surface join this table when their family implements them (prepare_qat, gptq, awq, smoothquant,
-# prune_channels, sparsegpt).
+# sparsegpt).
 _EXPORTS: dict[str, str] = {
     # foundation
     "save": "torchcompress.io",
@@ -50,6 +50,8 @@ _EXPORTS: dict[str, str] = {
     "sparsity_report": "torchcompress.sparsity",
     "finalize": "torchcompress.sparsity",
     "SparsitySchedule": "torchcompress.sparsity",
+    "prune_channels": "torchcompress.sparsity",
+    "ChannelPruneConfig": "torchcompress.sparsity",
     # low-rank
     "LowRankConfig": "torchcompress.lowrank",
     "factorize": "torchcompress.lowrank",

@@ -40,6 +40,8 @@ variants:
       - merge_lowrank
   - steps:
       - kmeans_quantize: {bits: 3, iters: 5, weighted: true}
+  - steps:
+      - prune_channels: {config: {target: {params: 0.5}, round_to: 4, ignore: [fc]}}
 """
 )
 
@@ -122,8 +124,8 @@ def _error(text: str, source: str = "r.yaml") -> str:
         ("  - quantize: {}\n  - convert\n  - finetune: {}\n", "fine-tune before convert"),
         ("  - model: resnet20\n", "steps[2] (model): a second model step"),
         (
-            "  - prune_channels: {ratio: 0.5}\n",
-            "step 'prune_channels' needs tc.prune_channels (structured channel pruning), which is not in this build",
+            "  - distill: {epochs: 1}\n",
+            "step 'distill' needs tc.distill (knowledge distillation), which is not in this build",
         ),
         ("  - save: {path: ''}\n", "save.path must not be empty"),
     ],
@@ -229,16 +231,11 @@ def test_scientific_floats_and_relative_weights(tmp_path: Path) -> None:
 def test_optional_variants_with_planned_steps_are_kept_and_labelled() -> None:
     r = loads(
         HEAD
-        + "variants:\n  - optional: true\n    steps: [{prune_channels: {ratio: 0.5}}, {finetune: {epochs: 1}}]\n"
+        + "variants:\n  - optional: true\n    steps: [{distill: {epochs: 2}}, {finetune: {epochs: 1}}]\n"
     )
     v = r.variants[0]
-    assert (
-        v.missing == ["prune_channels"]
-        and v.label() == "prune_channels (not built) + fine-tuned 1 ep"
-    )
-    assert "  steps:\n  - prune_channels:\n      ratio: 0.5\n  - finetune:" in dumps(
-        r
-    )  # where it was
+    assert v.missing == ["distill"] and v.label() == "distill (not built) + fine-tuned 1 ep"
+    assert "  steps:\n  - distill:\n      epochs: 2\n  - finetune:" in dumps(r)  # where it was
 
 
 def test_variant_labels_follow_from_and_ids() -> None:

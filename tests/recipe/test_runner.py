@@ -176,12 +176,12 @@ def test_an_internal_failure_names_the_step(monkeypatch) -> None:
 
 
 @pytest.fixture
-def fake_channel_pruning(monkeypatch):
-    """Stand in for the planned prune_channels step (the slot the lead fills at merge time)."""
+def fake_distill(monkeypatch):
+    """Stand in for the planned distill step (the slot the lead fills at merge time)."""
 
     @dataclass(frozen=True)
     class HalveFc(Step):
-        kind = "prune_channels"
+        kind = "distill"
         ratio: float = 0.5
 
         def run(self, ctx: StepContext) -> dict[str, Any]:
@@ -191,8 +191,8 @@ def fake_channel_pruning(monkeypatch):
         def label(self) -> str:
             return f"channels x{self.ratio}"
 
-    monkeypatch.setitem(STEPS._entries, "prune_channels", HalveFc)
-    monkeypatch.delitem(PLANNED, "prune_channels")
+    monkeypatch.setitem(STEPS._entries, "distill", HalveFc)
+    monkeypatch.delitem(PLANNED, "distill")
     return HalveFc
 
 
@@ -202,14 +202,14 @@ SLOT = (
 variants:
   - id: channels
     optional: true
-    steps: [{prune_channels: {ratio: 0.5}}, {finetune: {steps: 1}}]
+    steps: [{distill: {ratio: 0.5}}, {finetune: {steps: 1}}]
   - from: channels
     steps: [fuse]
 """
 )
 
 
-def test_the_planned_step_slots_skip_until_the_step_exists(fake_channel_pruning) -> None:
+def test_the_planned_step_slots_skip_until_the_step_exists(fake_distill) -> None:
     result = run(loads(SLOT))
     assert [b.label for b in result.branches[1:]] == [
         "channels x0.5 + fine-tuned 1 step",
@@ -220,11 +220,11 @@ def test_the_planned_step_slots_skip_until_the_step_exists(fake_channel_pruning)
 
 
 def test_without_the_planned_step_the_variant_and_its_children_are_skipped() -> None:
-    assert "prune_channels" not in STEPS
+    assert "distill" not in STEPS
     result = run(loads(SLOT))
     skipped = [b.skipped for b in result.branches[1:]]
-    assert skipped[0] == "needs tc.prune_channels (structured channel pruning), not in this build"
-    assert skipped[1].startswith("starts from 'prune_channels (not built)")
+    assert skipped[0] == "needs tc.distill (knowledge distillation), not in this build"
+    assert skipped[1].startswith("starts from 'distill (not built)")
     assert len(result.rows()) == 1
 
 

@@ -45,12 +45,14 @@ Example:
 
 from __future__ import annotations
 
+from . import steps_channels as _steps_channels  # noqa: F401
 from . import steps_compress as _steps_compress  # noqa: F401
 from . import steps_io as _steps_io  # noqa: F401  (registers the steps)
 from .document import LatencyConfig, Recipe, Variant, dump, dumps, load, loads, validate
 from .runner import Branch, InternalStepError, RunResult, StepRecord, run
 from .specs import DATASETS, DataBundle
 from .steps import PLANNED, STEPS, CheckEnv, Step, StepContext, register_step
+from .steps_channels import PruneChannelsStep
 from .steps_compress import (
     ConvertStep,
     FactorizeStep,
@@ -87,6 +89,7 @@ __all__ = [
     "ModelStep",
     "PrepareQatStep",
     "ProfileStep",
+    "PruneChannelsStep",
     "PruneStep",
     "QuantizeStep",
     "Recipe",

@@ -22,7 +22,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["FORMS", "RULES", "FormEffect", "Rule", "after", "check_step", "register_effect"]
+__all__ = [
+    "FORMS",
+    "RULES",
+    "FormEffect",
+    "Rule",
+    "after",
+    "check_step",
+    "quantized_forbidden",
+    "register_effect",
+]
 
 #: The forms a model can be in after the compressing steps (several at once: masked + factorized).
 FORMS = ("masked", "fake_quant", "qat", "converted", "kmeans", "factorized")
@@ -61,7 +70,8 @@ EFFECTS: dict[str, FormEffect] = {
 }
 
 
-def _quantized(advice: str) -> dict[str, str]:
+def quantized_forbidden(advice: str) -> dict[str, str]:
+    """The forbidden forms of a step that needs a float model, each with ``advice``."""
     return {f: f"the model is already quantized ({f}): {advice}" for f in sorted(_QUANTIZED)}
 
 
@@ -71,11 +81,13 @@ _MASKED = {
 
 #: Step kind -> the forms it cannot run on / needs. The known impossible orders, in one place.
 RULES: dict[str, Rule] = {
-    "prune": Rule(_quantized("prune before quantize/prepare_qat/kmeans_quantize")),
-    "factorize": Rule(_quantized("factorize before quantize/prepare_qat/kmeans_quantize")),
-    "quantize": Rule({**_quantized("quantize starts from a float model"), **_MASKED}),
-    "prepare_qat": Rule({**_quantized("prepare_qat starts from a float model"), **_MASKED}),
-    "kmeans_quantize": Rule(_quantized("kmeans_quantize starts from a float model")),
+    "prune": Rule(quantized_forbidden("prune before quantize/prepare_qat/kmeans_quantize")),
+    "factorize": Rule(quantized_forbidden("factorize before quantize/prepare_qat/kmeans_quantize")),
+    "quantize": Rule({**quantized_forbidden("quantize starts from a float model"), **_MASKED}),
+    "prepare_qat": Rule(
+        {**quantized_forbidden("prepare_qat starts from a float model"), **_MASKED}
+    ),
+    "kmeans_quantize": Rule(quantized_forbidden("kmeans_quantize starts from a float model")),
     "fuse": Rule(
         {
             "qat": "the model is prepared for QAT: fuse before prepare_qat (which folds BatchNorm "
@@ -96,7 +108,7 @@ RULES: dict[str, Rule] = {
         requires_advice="nothing to convert: call quantize or prepare_qat first",
     ),
     "merge_lowrank": Rule(
-        _quantized("merge_lowrank before quantize/prepare_qat/kmeans_quantize"),
+        quantized_forbidden("merge_lowrank before quantize/prepare_qat/kmeans_quantize"),
         requires=frozenset({"factorized"}),
         requires_advice="nothing to merge: call factorize first",
     ),

@@ -6,6 +6,9 @@ The surface (also as ``tc.<name>``):
   (unstructured, N:M, whole channels), by magnitude, random, L1/L2 group norms, first-order Taylor,
   Fisher or Wanda scores, per layer, per output row or with one global threshold; calling it again
   re-prunes, keeping what is pruned;
+- :func:`prune_channels` / :class:`ChannelPruneConfig` (:mod:`~torchcompress.sparsity.structured`):
+  structured pruning that physically removes channels and attention heads, following the model's
+  dependency graph, by a channel ratio or to a MACs/params target; :func:`channel_report`;
 - :func:`sparsity_report`: per-layer and overall sparsity;
 - :func:`finalize`: bake the masks in (plain modules again), optionally onto torch's 2:4
   semi-structured kernels (:func:`to_semi_structured`, CUDA);
@@ -50,6 +53,7 @@ from .regularizers import L1, BNScaleL1, GroupHoyer, GroupLasso, Hoyer, Regulari
 from .report import LayerSparsity, SparsityReport, sparsity_report
 from .schedules import SCHEDULE_KINDS, GradualPruning, SparsitySchedule, gradual_prune
 from .semi_structured import semi_structured_available, to_semi_structured
+from .structured import ChannelPruneConfig, ChannelPruneReport, channel_report, prune_channels
 
 __all__ = [
     "CRITERIA",
@@ -59,6 +63,8 @@ __all__ = [
     "SCHEDULE_KINDS",
     "BNScaleL1",
     "Candidates",
+    "ChannelPruneConfig",
+    "ChannelPruneReport",
     "Criterion",
     "GradualPruning",
     "GroupHoyer",
@@ -75,6 +81,7 @@ __all__ = [
     "SparsitySchedule",
     "Target",
     "apply_mask",
+    "channel_report",
     "collect_statistics",
     "default_loss",
     "finalize",
@@ -83,6 +90,7 @@ __all__ = [
     "is_masked",
     "layer_kind",
     "prune",
+    "prune_channels",
     "select_targets",
     "semi_structured_available",
     "sparsity_report",

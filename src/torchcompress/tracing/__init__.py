@@ -8,8 +8,9 @@
   attributed to the module that ran it, every tensor to its :class:`Source`; clients subscribe as
   listeners (:class:`Listener`).
 - :data:`OPS`: one taxonomy of ops (activations and which are ReLU-like, element-wise, residual
-  adds, reshapes, indexing, concatenation, split, pooling, ops exact on integers, non-tensor
-  calls), for fx nodes, recorded ops and modules; registrable.
+  adds, reshapes, permutations, indexing, concatenation, split, pooling, reductions, matrix
+  products, attention, ops exact on integers, non-tensor calls), for fx nodes, recorded ops and
+  modules; registrable (the built-in entries live in :mod:`~torchcompress.tracing.op_table`).
 
 Used by fusion, quantization planning, QAT's activation origins, the profiler, and the
 channel-pruning dependency graph.
@@ -26,23 +27,34 @@ Example:
 
 from __future__ import annotations
 
+from . import op_table as _op_table  # noqa: F401  (fills OPS with torch's ops)
 from .ops import (
     ACTIVATION,
     ADD,
+    ALONG_DIM,
+    ATTENTION,
     AVG_POOL,
+    CAST,
+    COMPARE,
     CONCAT,
     DROPOUT,
     ELEMENTWISE,
+    FACTORY,
     IDENTITY,
     INDEX,
     INT_EXACT,
+    LIKE,
+    LINEAR,
+    MATMUL,
     MAX_POOL,
     MEAN,
     NON_TENSOR,
     OPS,
     PAD,
+    PERMUTE,
     POOLING,
     RANGE_PRESERVING,
+    REDUCE,
     RELU,
     RELU6,
     RELU_LIKE,
@@ -68,20 +80,30 @@ from .tracer import LeafSpec, Traced, Tracer, is_registered_leaf, register_leaf,
 __all__ = [
     "ACTIVATION",
     "ADD",
+    "ALONG_DIM",
+    "ATTENTION",
     "AVG_POOL",
+    "CAST",
+    "COMPARE",
     "CONCAT",
     "DROPOUT",
     "ELEMENTWISE",
+    "FACTORY",
     "IDENTITY",
     "INDEX",
     "INT_EXACT",
+    "LIKE",
+    "LINEAR",
+    "MATMUL",
     "MAX_POOL",
     "MEAN",
     "NON_TENSOR",
     "OPS",
     "PAD",
+    "PERMUTE",
     "POOLING",
     "RANGE_PRESERVING",
+    "REDUCE",
     "RELU",
     "RELU6",
     "RELU_LIKE",
