@@ -66,7 +66,7 @@ def demo_text() -> str:
     return "\n\n".join(
         [
             f"`torchcompress demo` (the full run; `--quick` is the shortened one CI runs) took "
-            f"{demo['duration_s'] / 60:.0f} minutes on {machine_line(demo)}, torchcompress "
+            f"{demo['duration_s']:.0f} s on {machine_line(demo)}, torchcompress "
             f"{v['torchcompress']}, seed {demo['seed']}. Its table and its plot, pasted by "
             "`docs/assemble_readme.py` from that run:",
             markdown_table(demo["rows"]),

@@ -18,7 +18,14 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 def test_examples_exist_for_each_family_and_are_valid() -> None:
     names = {p.stem for p in EXAMPLES}
-    assert {"quantize_int8", "qat_lsq", "prune_unstructured", "lowrank", "pipeline"} <= names
+    assert {
+        "quantize_int8",
+        "qat_lsq",
+        "prune_unstructured",
+        "prune_channels",
+        "lowrank",
+        "pipeline",
+    } <= names
     for path in EXAMPLES:
         load(path)  # checked completely (imports, orders) without running
 
@@ -57,7 +64,9 @@ def _rows(report: dict) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["quantize_int8", "qat_lsq", "prune_unstructured", "lowrank"])
+@pytest.mark.parametrize(
+    "name", ["quantize_int8", "qat_lsq", "prune_unstructured", "prune_channels", "lowrank"]
+)
 def test_family_examples(name: str, tmp_path: Path, baseline_cache: Path) -> None:
     report = _run(name, tmp_path, baseline_cache)
     base, *rest = _rows(report)
@@ -75,6 +84,10 @@ def test_family_examples(name: str, tmp_path: Path, baseline_cache: Path) -> Non
     if name == "prune_unstructured":
         for r in rest:
             assert r["macs"] == base["macs"] and r["effective_macs"] < 0.6 * base["macs"]
+    if name == "prune_channels":
+        ratio, macs = rest
+        assert ratio["params"] < 0.6 * base["params"] and ratio["macs"] < 0.6 * base["macs"]
+        assert macs["macs"] <= 0.5 * base["macs"] and macs["accuracy"] > 0.5
     if name == "lowrank":
         budget, ratio = rest
         assert budget["params"] < 0.55 * base["params"] and ratio["params"] < base["params"]
