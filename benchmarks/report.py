@@ -25,6 +25,7 @@ ORDER = [
     "profile_counters",
     "fusion_latency",
     "train_loop",
+    "calibration_memory",
     "quant_minilm",
     "quant_cnn",
     "qat_cnn",

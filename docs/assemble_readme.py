@@ -1,11 +1,12 @@
 """Paste the family tour sections of ``docs/tour/`` into README.md between its tour markers, and the
 demo's table and plot (kept in ``docs/demo/``, taken from a real ``torchcompress demo`` run) between
-its demo markers.
+its demo markers, and the table of forms (``torchcompress.forms``) into docs/composition.md between
+its forms markers.
 
 Usage::
 
-    python docs/assemble_readme.py          # rewrite README.md
-    python docs/assemble_readme.py --check  # exit 1 if README.md is out of date
+    python docs/assemble_readme.py          # rewrite README.md and docs/composition.md
+    python docs/assemble_readme.py --check  # exit 1 if either is out of date
     torchcompress demo --out runs/demo && python docs/assemble_readme.py --demo runs/demo
                                             # take the demo's results into docs/demo/, then rewrite
 """
@@ -28,11 +29,13 @@ ORDER = [
     "sparsity",
     "structured",
     "lowrank",
+    "composition",
     "distill",
     "recipes",
 ]
 START, END = "<!-- tour:start -->", "<!-- tour:end -->"
 DEMO_START, DEMO_END = "<!-- demo:start -->", "<!-- demo:end -->"
+FORMS_START, FORMS_END = "<!-- forms:start -->", "<!-- forms:end -->"
 #: What the README keeps of a demo run: its summary (``demo.json``) and one plot.
 DEMO = ROOT / "docs" / "demo"
 DEMO_PLOT = "frontier_size.png"
@@ -94,19 +97,37 @@ def assemble(readme: str) -> str:
     return text
 
 
+def assemble_forms(doc: str) -> str:
+    """docs/composition.md text with the table between the forms markers regenerated."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from torchcompress import forms
+
+    if FORMS_START not in doc or FORMS_END not in doc:
+        raise SystemExit(f"docs/composition.md lacks the {FORMS_START} / {FORMS_END} markers")
+    head, rest = doc.split(FORMS_START, 1)
+    _, tail = rest.split(FORMS_END, 1)
+    return f"{head}{FORMS_START}\n{forms.markdown_table()}{FORMS_END}{tail}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="only check that README.md is up to date")
+    ap.add_argument("--check", action="store_true", help="only check that the files are up to date")
     ap.add_argument("--demo", type=Path, help="a demo output folder to take the results from")
     args = ap.parse_args()
     if args.demo is not None:
         take_demo(args.demo)
-    path = ROOT / "README.md"
-    old = path.read_text()
-    new = assemble(old)
+    stale = False
+    for path, build in (
+        (ROOT / "README.md", assemble),
+        (ROOT / "docs" / "composition.md", assemble_forms),
+    ):
+        old = path.read_text()
+        new = build(old)
+        stale |= new != old
+        if not args.check:
+            path.write_text(new)
     if args.check:
-        sys.exit(0 if new == old else 1)
-    path.write_text(new)
+        sys.exit(1 if stale else 0)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ _SUBMODULES = (
     "data",
     "distill",
     "errors",
+    "forms",
     "fusion",
     "io",
     "lowrank",

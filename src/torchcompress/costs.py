@@ -83,11 +83,17 @@ def register_cost(*module_types: type[nn.Module]) -> Callable[[CostFn], CostFn]:
     return decorator
 
 
-def lookup_cost(module: nn.Module) -> CostFn | None:
-    """The cost function for ``module``'s class (nearest in its MRO), or ``None``."""
+def lookup_cost(module: nn.Module, *, skip: CostFn | None = None) -> CostFn | None:
+    """The cost function for ``module``'s class (nearest in its MRO), or ``None``.
+
+    Args:
+        module: the module.
+        skip: a cost function to pass over (a cost that refines another one, such as a pruning
+            mask's on top of a fake-quant layer's, finds the one it refines).
+    """
     for cls in type(module).__mro__:
         fn = _COSTS.get(cls)  # type: ignore[arg-type]
-        if fn is not None:
+        if fn is not None and fn is not skip:
             return fn
     return None
 

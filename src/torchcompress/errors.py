@@ -19,10 +19,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+# (ErrorCollector, a helper for verbs, is importable but not listed: only errors are exported)
 __all__ = [
     "CalibrationError",
     "CompressionStateError",
@@ -31,6 +33,7 @@ __all__ = [
     "DatasetNotFoundError",
     "DependencyError",
     "NumericalError",
+    "PathNotFoundError",
     "SelectionError",
     "ShapeError",
     "TorchCompressError",
@@ -75,6 +78,10 @@ class NumericalError(TorchCompressError, ValueError):
 
 class DatasetNotFoundError(TorchCompressError, FileNotFoundError):
     """A data set folder is missing or does not hold the expected files."""
+
+
+class PathNotFoundError(TorchCompressError, FileNotFoundError):
+    """A file to read, or the folder to write a file into, does not exist (``tc.save``/``tc.load``)."""
 
 
 class DependencyError(TorchCompressError, ImportError):
@@ -149,3 +156,53 @@ def check_range(
         hi = "inf" if high is None else f"{high}"
         interval = f"{'[' if low_inclusive and low is not None else '('}{lo}, {hi}{']' if high_inclusive and high is not None else ')'}"
         raise ConfigError(f"{prefix}{field}={value!r} is outside {interval}.")
+
+
+class ErrorCollector:
+    """Gathers the errors of several targets, so that one error names them all.
+
+    A verb checking many layers (a pattern, a group size, a rank that does not fit) runs each
+    check under :meth:`catch` and calls :meth:`raise_if_any` once: the user fixes every layer in
+    one run instead of one per run. Only torchcompress errors are gathered; the error
+    raised has the class of the first one (or their common base) and lists every message.
+
+    Example:
+        >>> collector = ErrorCollector("2 layers cannot take the 2:4 pattern")
+        >>> for name in ("fc1", "fc2"):
+        ...     with collector.catch():
+        ...         raise ConfigError(f"layer {name!r} has 6 inputs")
+        >>> try:
+        ...     collector.raise_if_any()
+        ... except ConfigError as e:
+        ...     print(e)
+        2 layers cannot take the 2:4 pattern:
+        - layer 'fc1' has 6 inputs
+        - layer 'fc2' has 6 inputs
+    """
+
+    def __init__(self, summary: str = "") -> None:
+        self.summary = summary
+        self.errors: list[TorchCompressError] = []
+
+    @contextlib.contextmanager
+    def catch(self) -> Iterator[None]:
+        """Run a block; a :class:`TorchCompressError` it raises is kept instead of propagating."""
+        try:
+            yield
+        except TorchCompressError as e:
+            self.errors.append(e)
+
+    def raise_if_any(self) -> None:
+        """Raise one error naming every gathered one (the error itself when there is one)."""
+        if not self.errors:
+            return
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        classes = [type(e) for e in self.errors]
+        cls = next(
+            (c for c in classes[0].__mro__ if all(issubclass(k, c) for k in classes)),
+            TorchCompressError,
+        )
+        head = self.summary or f"{len(self.errors)} problems"
+        body = "\n".join(f"- {e}" for e in self.errors)
+        raise cls(f"{head}:\n{body}")

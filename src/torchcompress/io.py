@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from ._version import __version__
-from .errors import CompressionStateError, DataError, SelectionError
+from .errors import CompressionStateError, DataError, PathNotFoundError, SelectionError
 from .select import get_module, set_module
 
 __all__ = [
@@ -94,6 +94,12 @@ class ModuleCodec:
 
     def after_load(self, module: nn.Module) -> None:
         """Optional hook run once the tensors are loaded (e.g. to repack integer kernels)."""
+
+    #: Set to true by codecs of something laid *over* a module that another codec (or the fresh
+    #: model) provides, such as pruning masks: a module gets at most one codec that rebuilds it
+    #: and then every overlay codec that matches it, recorded and decoded in that order (a pruned
+    #: layer that was then quantized is rebuilt as a fake-quant layer, then its masks are added).
+    overlay: bool = False
 
     #: Set to true by codecs of modules a verb *adds* to a model (not replacing an existing one):
     #: on load, :meth:`decode` then receives ``current=None`` when the fresh model lacks the module.
@@ -168,11 +174,11 @@ def _may_import(module: str) -> bool:
     return module.startswith(_PACKAGE + ".") or module in {type(c).__module__ for c in _CODECS}
 
 
-def _codec_for(module: nn.Module) -> ModuleCodec | None:
-    for c in reversed(_CODECS):
-        if c.matches(module):
-            return c
-    return None
+def _codecs_for(module: nn.Module) -> list[ModuleCodec]:
+    """The codec that rebuilds ``module`` (the latest registered that matches), then its overlays."""
+    base = next((c for c in reversed(_CODECS) if not c.overlay and c.matches(module)), None)
+    overlays = [c for c in _CODECS if c.overlay and c.matches(module)]
+    return ([base] if base is not None else []) + overlays
 
 
 # --- plain layers ----------------------------------------------------------------------------
@@ -378,8 +384,7 @@ def _describe_model(model: nn.Module) -> dict[str, Any]:
     for name, module in model.named_modules():
         if not name:
             continue
-        codec = _codec_for(module)
-        if codec is not None:
+        for codec in _codecs_for(module):
             records.append({"name": name, "codec": codec.name, "spec": codec.encode(module)})
             providers[codec.name] = type(codec).__module__
     patches = [
@@ -408,10 +413,26 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> None:
 
     Args:
         model: the model to save.
-        path: the file to write (conventionally ``*.safetensors``).
+        path: the file to write (conventionally ``*.safetensors``); its folder must exist.
+
+    Raises:
+        PathNotFoundError: the folder of ``path`` does not exist, or ``path`` is a folder.
+        CompressionStateError: a state entry cannot be saved (not a tensor, a torch quantized
+            tensor).
     """
     from safetensors.torch import save_file
 
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    if not os.path.isdir(folder):
+        raise PathNotFoundError(
+            f"Cannot save to {os.fspath(path)!r}: the folder {folder!r} does not exist; create it "
+            "first (os.makedirs(folder, exist_ok=True))."
+        )
+    if os.path.isdir(os.fspath(path)):
+        raise PathNotFoundError(
+            f"Cannot save to {os.fspath(path)!r}: it is a folder; give a file name inside it, "
+            "e.g. 'model.safetensors'."
+        )
     desc = _describe_model(model)
     state = model.state_dict(keep_vars=False)
     tensors: dict[str, torch.Tensor] = {}
@@ -461,12 +482,17 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The JSON description stored in a file written by :func:`save`.
 
     Raises:
+        PathNotFoundError: there is no such file.
         DataError: the file is not a torchcompress safetensors file.
     """
     from safetensors import safe_open
 
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No such file: {os.fspath(path)!r}")
+    if not os.path.isfile(path):
+        raise PathNotFoundError(
+            f"No such file: {os.fspath(path)!r}"
+            + (" (it is a folder)" if os.path.isdir(path) else "")
+            + "; give the path of a file written by tc.save()."
+        )
     try:
         with safe_open(os.fspath(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -488,7 +514,9 @@ def load(
     """Load a file written by :func:`save` into ``model``, a fresh instance of the architecture.
 
     The compressed modules are rebuilt in place (via their codecs), then every tensor is loaded
-    strictly. If anything fails, the model is left as it was.
+    strictly. Tensors the file stores once (tied weights) are one tensor of the model again, also
+    where a codec rebuilt one of their modules; tensors it stores separately are separate. If
+    anything fails, the model is left as it was.
 
     Args:
         path: the file written by :func:`save`.
@@ -499,6 +527,8 @@ def load(
         ``model``, compressed as it was when saved.
 
     Raises:
+        PathNotFoundError: there is no such file.
+        DataError: the file is not one written by :func:`save`, or it is truncated.
         SelectionError: the file names a module the model does not have.
         CompressionStateError: a codec is unknown or the tensors do not fit.
     """
@@ -515,7 +545,13 @@ def load(
     if device is None:
         p = next(iter([*model.parameters(), *model.buffers()]), None)
         device = p.device if p is not None else "cpu"
-    tensors = load_file(os.fspath(path), device=str(device))
+    try:
+        tensors = load_file(os.fspath(path), device=str(device))
+    except Exception as e:  # safetensors raises its own error types on a truncated body
+        raise DataError(
+            f"{os.fspath(path)!r} is truncated or corrupt (its tensors cannot be read: {e}); "
+            "save the model again."
+        ) from e
     for alias, target in desc.get("aliases", {}).items():
         tensors[alias] = tensors[target]
 
@@ -543,7 +579,10 @@ def load(
             elif new is not current:
                 set_module(model, rec["name"], new)
             decoded.append((codec, rec["name"]))
+        aliases = dict(desc.get("aliases", {}))
+        _untie_unshared(model, aliases, set(tensors))
         missing, unexpected = _load_state(model, tensors)
+        _tie_aliases(model, aliases)
         if missing or unexpected:
             raise CompressionStateError(
                 f"The file's tensors do not fit {type(model).__name__}: missing {missing[:5]}, "
@@ -553,6 +592,70 @@ def load(
             codec.after_load_model(model, name)
     object.__setattr__(model, _HISTORY_ATTR, list(desc.get("history", [])))
     return model
+
+
+def _owner_and_attr(model: nn.Module, key: str) -> tuple[nn.Module, str] | None:
+    owner_name, _, attr = key.rpartition(".")
+    try:
+        owner = get_module(model, owner_name)
+    except SelectionError:
+        return None
+    if attr in owner._parameters or attr in owner._buffers:
+        return owner, attr
+    return None
+
+
+def _slot(model: nn.Module, key: str) -> torch.Tensor | None:
+    found = _owner_and_attr(model, key)
+    if found is None:
+        return None
+    owner, attr = found
+    return owner._parameters.get(attr, owner._buffers.get(attr))
+
+
+def _tie_aliases(model: nn.Module, aliases: dict[str, str]) -> None:
+    """Make every tensor the file stored once (``alias -> key``) one tensor of the model again.
+
+    Modules rebuilt by a codec hold tensors of their own (a fake-quant ``lm_head`` made from a
+    Linear tied to the embedding): after the values are loaded, the alias's slot is pointed at the
+    key's tensor, so tied weights are tied again whatever rebuilt their modules.
+    """
+    for alias, key in aliases.items():
+        target = _slot(model, key)
+        found = _owner_and_attr(model, alias)
+        if target is None or found is None:
+            continue
+        owner, attr = found
+        current = owner._parameters.get(attr, owner._buffers.get(attr))
+        if current is target or current is None or current.shape != target.shape:
+            continue
+        if attr in owner._parameters:
+            owner._parameters[attr] = target  # type: ignore[assignment]
+        else:
+            owner._buffers[attr] = target
+
+
+def _untie_unshared(model: nn.Module, aliases: dict[str, str], stored: set[str]) -> None:
+    """Give tensors the fresh model ties but the file stores separately a slot of their own, so
+    loading the second value does not overwrite the first."""
+    seen: dict[int, str] = {}
+    for key, t in model.state_dict(keep_vars=True).items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        first = seen.setdefault(id(t), key)
+        if first == key or key not in stored or first not in stored:
+            continue
+        if aliases.get(key) == first or aliases.get(first) == key:
+            continue
+        found = _owner_and_attr(model, key)
+        if found is None:
+            continue
+        owner, attr = found
+        if attr in owner._parameters:
+            p = owner._parameters[attr]
+            owner._parameters[attr] = nn.Parameter(p.detach().clone(), p.requires_grad)  # type: ignore[union-attr]
+        else:
+            owner._buffers[attr] = t.detach().clone()
 
 
 def _has_module(model: nn.Module, name: str) -> bool:

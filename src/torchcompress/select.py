@@ -346,13 +346,17 @@ def _cast_floating(module: nn.Module, dtype: torch.dtype) -> None:
             t.data = t.data.to(dtype)
 
 
+_MODULE_SLOTS = frozenset({"_parameters", "_buffers", "_modules", "training"})
+
+
 @contextlib.contextmanager
 def snapshot_modules(model: nn.Module) -> Iterator[dict[str, Any]]:
     """Context manager that restores the model's module tree and tensors if the block raises.
 
     Use it around multi-step surgery that edits tensors in place as well as swapping modules. It
     keeps references to every child module and clones of every parameter and buffer, so it costs
-    one copy of the model's tensors.
+    one copy of the model's tensors. The model's own attributes (a bound ``forward``, the recorded
+    history of steps) are put back too.
 
     Example:
         >>> import torch.nn as nn
@@ -380,10 +384,15 @@ def snapshot_modules(model: nn.Module) -> Iterator[dict[str, Any]]:
     buffers = {name: dict(mod._buffers) for name, mod in mods.items()}
     training = {name: mod.training for name, mod in mods.items()}
     classes = {name: type(mod) for name, mod in mods.items()}  # parametrize swaps classes
+    # the model's own attributes: a bound forward, the recorded history, reports
+    attributes = {k: v for k, v in model.__dict__.items() if k not in _MODULE_SLOTS}
     state: dict[str, Any] = {}
     try:
         yield state
     except BaseException:
+        for k in [k for k in model.__dict__ if k not in _MODULE_SLOTS and k not in attributes]:
+            del model.__dict__[k]
+        model.__dict__.update(attributes)
         for name, mod in mods.items():
             mod._modules.clear()
             mod._modules.update(children[name])

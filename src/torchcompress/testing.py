@@ -7,6 +7,12 @@ the verbs must handle:
   usual shape of a CNN to prune, fold or quantize.
 - :class:`MixedConvNet`: one convolution of each flavour (plain, strided and dilated, grouped,
   depthwise) and a classifier: what factorization and layer-kind handling must get right.
+- :class:`BranchyNet`: a residual add, a concatenation, a depthwise convolution, BatchNorms and a
+  Linear after a flatten: the graph shapes a new user's CNN has.
+- :class:`EmbeddingLSTM`: an embedding, an LSTM (which no family compresses) and a Linear head.
+- :class:`SharedLinear`: one Linear called twice in a forward.
+
+:func:`assert_unchanged` checks that a failed verb left a model exactly as it was.
 
 Nothing here is seeded: seed torch before building one when the weights must repeat.
 
@@ -20,10 +26,22 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
 import torch
 from torch import nn
 
-__all__ = ["MixedConvNet", "TinyCNN"]
+__all__ = [
+    "BranchyNet",
+    "EmbeddingLSTM",
+    "MixedConvNet",
+    "SharedLinear",
+    "TinyCNN",
+    "assert_unchanged",
+    "fingerprint",
+]
 
 
 class TinyCNN(nn.Module):
@@ -84,3 +102,180 @@ class MixedConvNet(nn.Module):
         x = torch.relu(self.conv3(x))
         x = torch.relu(self.dw(x))
         return self.fc(self.pool(x).flatten(1))
+
+
+class BranchyNet(nn.Module):
+    """A stem, a residual block, a concatenation, a depthwise conv and a Linear after a flatten.
+
+    Inputs ``(N, 3, 8, 8)``; outputs ``(N, 5)``. Every convolution is followed by a BatchNorm.
+
+    Example:
+        >>> import torch
+        >>> BranchyNet()(torch.randn(2, 3, 8, 8)).shape
+        torch.Size([2, 5])
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(8)
+        self.res = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.side = nn.Conv2d(8, 8, 1)
+        self.dw = nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16 * 4 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Classify ``x``."""
+        x = torch.relu(self.bn0(self.stem(x)))
+        x = torch.relu(x + self.bn1(self.res(x)))
+        x = torch.cat([x, self.side(x)], dim=1)
+        x = torch.relu(self.bn2(self.dw(x)))
+        return self.fc(torch.flatten(x, 1))
+
+
+class EmbeddingLSTM(nn.Module):
+    """Token ids ``(N, T)`` -> embedding -> LSTM -> Linear on the last step: ``(N, classes)``.
+
+    Example:
+        >>> import torch
+        >>> EmbeddingLSTM()(torch.randint(0, 20, (2, 6))).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(self, vocab: int = 20, dim: int = 8, classes: int = 3) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.lstm = nn.LSTM(dim, dim, batch_first=True)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Classify the sequences ``ids``."""
+        out, _ = self.lstm(self.emb(ids))
+        return self.head(out[:, -1])
+
+
+class SharedLinear(nn.Module):
+    """``s(relu(s(relu(a(x)))))``: the Linear ``s`` is called twice. Inputs and outputs ``(N, 8)``.
+
+    Example:
+        >>> import torch
+        >>> SharedLinear()(torch.randn(2, 8)).shape
+        torch.Size([2, 8])
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+        self.s = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run ``a`` once and ``s`` twice."""
+        return self.s(torch.relu(self.s(torch.relu(self.a(x)))))
+
+
+def _bits(t: torch.Tensor) -> tuple[Any, ...]:
+    """A tensor's dtype, shape and bytes (NaNs compare equal to themselves)."""
+    flat = t.detach().to("cpu").contiguous().reshape(-1)
+    data = flat.view(torch.uint8) if flat.numel() and flat.element_size() else flat
+    return (t.dtype, tuple(t.shape), data.clone())
+
+
+_HOOKS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_state_dict_hooks",
+    "_load_state_dict_pre_hooks",
+)
+
+
+def fingerprint(model: nn.Module) -> dict[str, Any]:
+    """Everything :func:`assert_unchanged` compares: the state (bit for bit), the identity of
+    every parameter and buffer, module classes, hooks, parametrizations, train/eval flags,
+    ``requires_grad``, gradients, and the model's own attributes (a bound ``forward``, history)."""
+    mods = dict(model.named_modules())
+    params = {f"{n}.{k}" if n else k: p for n, m in mods.items() for k, p in m._parameters.items()}
+    buffers = {f"{n}.{k}" if n else k: b for n, m in mods.items() for k, b in m._buffers.items()}
+    return {
+        "state": {k: _bits(v) for k, v in model.state_dict(keep_vars=True).items()},
+        "identity": {k: id(t) for k, t in {**params, **buffers}.items()},
+        "classes": {n: type(m) for n, m in mods.items()},
+        "hooks": {n: tuple(len(getattr(m, h, {}) or {}) for h in _HOOKS) for n, m in mods.items()},
+        "parametrizations": {
+            n: {k: [type(p) for p in v] for k, v in getattr(m, "parametrizations", {}).items()}
+            for n, m in mods.items()
+        },
+        "training": {n: m.training for n, m in mods.items()},
+        "requires_grad": {k: p.requires_grad for k, p in params.items() if p is not None},
+        "grads": {
+            k: None if p.grad is None else _bits(p.grad) for k, p in params.items() if p is not None
+        },
+        "attributes": {
+            k: v for k, v in model.__dict__.items() if not k.startswith("_") and k != "training"
+        },
+        "private": sorted(model.__dict__),
+        "history": repr(getattr(model, "_torchcompress_history", None)),
+    }
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, tuple) and len(a) == 3 and isinstance(a[2], torch.Tensor):
+        return (
+            isinstance(b, tuple)
+            and a[:2] == b[:2]
+            and a[2].shape == b[2].shape
+            and torch.equal(a[2], b[2])
+        )
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a is b or a == b
+
+
+@contextlib.contextmanager
+def assert_unchanged(model: nn.Module) -> Iterator[None]:
+    """Check that ``model`` is exactly as it was after the block (whether or not it raised).
+
+    Compares :func:`fingerprint` before and after and raises ``AssertionError`` naming every part
+    that changed. Use it around a verb that must fail cleanly::
+
+        with assert_unchanged(model), pytest.raises(tc.errors.ConfigError):
+            tc.quantize(model, bad_config)
+
+    Example:
+        >>> import torch
+        >>> m = torch.nn.Linear(2, 2)
+        >>> with assert_unchanged(m):
+        ...     _ = m(torch.randn(1, 2))
+        >>> try:
+        ...     with assert_unchanged(m):
+        ...         _ = m.eval()
+        ... except AssertionError as e:
+        ...     print(e)
+        the model changed: training ((the model))
+    """
+    before = fingerprint(model)
+    try:
+        yield
+    finally:
+        after = fingerprint(model)
+        changed = [k for k in before if not _same(before[k], after[k])]
+        if changed:
+            detail = []
+            for k in changed:
+                if isinstance(before[k], dict) and isinstance(after[k], dict):
+                    keys = sorted(
+                        {
+                            str(n) or "(the model)"
+                            for n in set(before[k]) | set(after[k])
+                            if not _same(before[k].get(n), after[k].get(n))
+                        }
+                    )
+                    detail.append(f"{k} ({', '.join(keys[:8])})" if keys else k)
+                else:
+                    detail.append(k)
+            raise AssertionError("the model changed: " + "; ".join(detail))

@@ -125,9 +125,13 @@ class Statistic:
         raise NotImplementedError
 
     def finalize(self) -> Tensor:
-        """The value after the all-reduce (default: mean of a sum, the accumulator otherwise)."""
+        """The value after the all-reduce (default: mean of a sum, the accumulator otherwise).
+
+        It is computed in place: the accumulator becomes the value (no second copy of large
+        accumulators such as ``xtx``), so call it once, when no more updates come.
+        """
         if self.reduction == "sum":
-            return self.acc / self.count
+            return self.acc.div_(self.count)
         return self.acc
 
 
@@ -187,7 +191,7 @@ class HessianDiag(InputSq):
     dtype = torch.float64
 
     def finalize(self) -> Tensor:
-        return (2 * self.acc / self.count).reshape(self.geometry.groups, self.geometry.n)
+        return self.acc.mul_(2).div_(self.count).reshape(self.geometry.groups, self.geometry.n)
 
 
 @STATISTICS.register("channel_sq")

@@ -27,7 +27,14 @@ from ..batches import describe_inputs, example_batch
 from ..errors import ShapeError, TorchCompressError
 from ..select import get_module
 from ..tracing import Listener, ModuleCall, OpEvent, Recorder, Source, Traced, flat_tensors, trace
-from .surgery import _BN_TYPES, _FUSABLE, _PAIR_TYPES, _check_pair_types, _is_compressed
+from .surgery import (
+    _BN_TYPES,
+    _FUSABLE,
+    _PAIR_TYPES,
+    _check_pair_types,
+    _is_compressed,
+    _plain_type,
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +162,7 @@ class _FactsListener(Listener):
         if source is None:
             return None
         for call in source.calls:
-            if type(call.module) in _FUSABLE and not self._inside_compressed(call):
+            if _plain_type(call.module) in _FUSABLE and not self._inside_compressed(call):
                 return call.name
         return None
 
@@ -173,7 +180,11 @@ class _FactsListener(Listener):
 
     def on_module_exit(self, call: ModuleCall) -> None:
         out = call.output
-        if call.failed or type(call.module) not in _FUSABLE or not isinstance(out, torch.Tensor):
+        if (
+            call.failed
+            or _plain_type(call.module) not in _FUSABLE
+            or not isinstance(out, torch.Tensor)
+        ):
             return
         if not self._inside_compressed(call):
             self.facts.uses.setdefault(call.name, 0)

@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from .. import io
+from .. import forms, io
 from ..errors import ConfigError, SelectionError, UnsupportedModuleError, did_you_mean
 from ..select import get_module, matches, replace_modules, select_modules
 from .analysis import _analyse, _auto_pairs, _shared, _verdict
@@ -189,6 +189,9 @@ def fuse(
         SelectionError: a name in ``pairs``, ``include`` or ``exclude`` matches no module.
         UnsupportedModuleError: an explicit pair (or a layer named exactly in ``include``) cannot
             be folded; the message says why.
+        CompressionStateError: a BatchNorm follows a layer that is already quantized (fuse
+            before quantizing; see :mod:`torchcompress.forms`). A BatchNorm after a factorized
+            layer is left unfolded, with a warning.
 
     Example:
         >>> import torch, torchcompress as tc
@@ -209,6 +212,19 @@ def fuse(
     chosen, reasons, method = _plan(model, pairs, example_inputs, inc, exc)
     fused_names = {n for pair in chosen for n in pair}
     modules = dict(model.named_modules())
+    # a compressed layer feeding a BatchNorm: the order of the steps decides (fuse first)
+    feeding = [
+        n
+        for n in reasons
+        if n in modules and _is_compressed(modules[n]) and not isinstance(modules[n], _BN_TYPES)
+    ]
+    for name, layer_forms in forms.check(model, "fuse", targets=feeding).items():
+        log.warning(
+            "fuse: the BatchNorm after %r (%s) is not folded: %s",
+            name,
+            ", ".join(sorted(layer_forms)),
+            "; ".join(forms.rule(f, "fuse").note for f in sorted(layer_forms)),
+        )
     for pat in inc:
         m = modules.get(pat)
         if m is not None and isinstance(m, _PAIR_TYPES) and pat not in fused_names:

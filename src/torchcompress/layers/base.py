@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ..errors import ConfigError, UnsupportedModuleError
+from ..errors import ConfigError, NumericalError, UnsupportedModuleError
 from ..registry import Registry
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "Geometry",
     "LayerKind",
     "canonical_weight",
+    "check_finite",
     "forward",
     "geometry",
     "layer_kind",
@@ -404,6 +405,38 @@ def canonical_weight(module: nn.Module, weight: Tensor | None = None, name: str 
 def forward(geometry: Geometry, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """The functional forward of a layer with ``geometry`` on a canonical ``weight``."""
     return geometry.layer_kind.forward(geometry, x, weight, bias)
+
+
+def check_finite(
+    layers: Iterator[tuple[str, nn.Module]] | list[tuple[str, nn.Module]], what: str
+) -> None:
+    """Raise one :class:`~torchcompress.errors.NumericalError` naming every layer whose weight (or
+    bias) holds NaN or Inf; ``what`` is the step that cannot proceed ("quantized", "pruned").
+
+    Example:
+        >>> lin = nn.Linear(2, 2)
+        >>> with torch.no_grad():
+        ...     _ = lin.weight.fill_(float("nan"))
+        >>> try:
+        ...     check_finite([("fc", lin)], "pruned")
+        ... except NumericalError as e:
+        ...     print(e)
+        The weights of 'fc' hold NaN or Inf; they cannot be pruned. Fix or reinitialise them (a diverged training, a float16 overflow), or exclude these layers.
+    """
+    bad = []
+    for name, module in layers:
+        tensors = [getattr(module, t, None) for t in ("weight", "bias")]
+        if any(
+            isinstance(t, Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+            for t in tensors
+        ):
+            bad.append(name)
+    if bad:
+        raise NumericalError(
+            f"The weights of {', '.join(repr(n) for n in bad)} hold NaN or Inf; they cannot be "
+            f"{what}. Fix or reinitialise them (a diverged training, a float16 overflow), or "
+            "exclude these layers."
+        )
 
 
 def supported_types(model: nn.Module | None = None) -> tuple[type[nn.Module], ...]:

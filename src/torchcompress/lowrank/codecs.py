@@ -88,10 +88,6 @@ register_codec(LowRankLinearCodec())
 register_codec(LowRankConvCodec())
 
 
-def _params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 @register_cost(LowRankLinear, LowRankConv1d, LowRankConv2d)
 def _lowrank_cost(
     module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
@@ -103,7 +99,7 @@ def _lowrank_cost(
     g = geo.groups
     return LayerCost(
         macs=geo.output_positions(output) * per_position,
-        params=_params(m),
+        params=F.params_at(geo, m.rank),
         note=f"low-rank r={m.rank}{f'/group (g={g})' if g > 1 else ''} "
         f"({per_position / geo.macs(1):.2f}x dense MACs)",
         counts_children=True,

@@ -11,17 +11,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .. import io
+from .. import forms, io
 from ..calibration import LayerStats
 from ..errors import (
     CompressionStateError,
     ConfigError,
     DataError,
+    ErrorCollector,
     NumericalError,
     SelectionError,
     UnsupportedModuleError,
 )
-from ..layers import Geometry
+from ..layers import Geometry, check_finite
 from ..progress import progress_bar
 from ..select import read_by_parent, replace_modules, select_modules
 from . import functional as F
@@ -148,12 +149,15 @@ def _decide(
         if w.dense_reason:
             w.decision = Decision(None, w.dense_reason)
     if rule.per_layer:  # one layer at a time: one SVD, kept only while that layer is cut
+        misfits = ErrorCollector(f"Some layers cannot take {cfg.describe()}")
         for w in progress_bar(live, desc="low-rank SVD", enabled=progress):
-            U, s, Vh = F.svd(_transformed(w, cfg, method))
-            w.spectrum = LayerSpectrum(w.name, w.geo, s.detach().cpu(), w.positions)
-            w.decision = rule.decide(w.spectrum, **opts)
-            if w.decision.rank is not None:
-                w.new = _factor(w, w.decision.rank, cfg, method, (U, s, Vh))
+            with misfits.catch():
+                U, s, Vh = F.svd(_transformed(w, cfg, method))
+                w.spectrum = LayerSpectrum(w.name, w.geo, s.detach().cpu(), w.positions)
+                w.decision = rule.decide(w.spectrum, **opts)
+                if w.decision.rank is not None:
+                    w.new = _factor(w, w.decision.rank, cfg, method, (U, s, Vh))
+        misfits.raise_if_any()
         return
     # a global rule sees every spectrum (singular values only) before deciding
     for w in progress_bar(live, desc="low-rank spectra", enabled=progress):
@@ -191,7 +195,9 @@ def factorize(
     Wang et al. 2024; see :class:`LowRankConfig`). A layer is factorized only if that is strictly
     cheaper in what the rule counts (params, or MACs for FLOPs rules); otherwise it stays dense and
     the report says why. Layers whose weight is tied to another module's (which factorizing would
-    duplicate) and the projections inside ``nn.MultiheadAttention`` stay dense too.
+    duplicate) and the projections inside ``nn.MultiheadAttention`` stay dense too. A pruned
+    (masked) layer is factorized from its masked weight; its factors are dense, so the mask is
+    dropped, with a warning and a note in the report (see :mod:`torchcompress.forms`).
 
     The per-layer report (rank, energy kept, params and MACs before/after, dense-or-factorized and
     why) is returned by :func:`torchcompress.lowrank.lowrank_report` and printable.
@@ -219,6 +225,7 @@ def factorize(
         SelectionError: ``include``/``exclude`` match nothing, or nothing can be targeted.
         UnsupportedModuleError: a module named in ``include`` cannot be factorized.
         CalibrationError: a targeted layer never ran on ``calib_data``.
+        CompressionStateError: a targeted layer is already quantized (factorize first).
 
     Example:
         >>> import torch, torch.nn as nn, torchcompress as tc
@@ -233,10 +240,12 @@ def factorize(
         >>> tc.factorize(nn.Sequential(nn.Linear(64, 64)), tc.LowRankConfig(rank=40))[0]  # 40 >= 31
         Linear(in_features=64, out_features=64, bias=True)
     """
+    forms.check(model, "factorize", include=include, exclude=exclude)
     cfg = _as_config(config)
     method = get_method(cfg.method)
     rule = cfg.rule()
     targets = _select_dense(model, include, exclude)
+    check_finite(targets, "factorized")
     owners = _tied_weights(model)
     r_floor = round_rank(cfg.min_rank, cfg.round_to, "up")
 
@@ -297,6 +306,7 @@ def factorize(
 
     report = _report(works, cfg, n_batches, {"calibration": t_cal, "decomposition": t_dec})
     new = {w.name: w.new for w in works if w.new is not None}
+    _carry_forms(works, report)
     replace_modules(model, {name: (lambda old, m=m: m) for name, m in new.items()})
     for w in works:  # free statistics (they can be large)
         w.stats = None
@@ -313,6 +323,19 @@ def factorize(
     )
     log.info("factorize: %s", report.summary())
     return model
+
+
+def _carry_forms(works: list[_Work], report: LowRankReport) -> None:
+    """What becomes of each factorized layer's earlier forms (a pruning mask is dropped: the
+    factors are dense): logged, and noted in the report, never silent."""
+    rows = {la.name: la for la in report.layers}
+    for w in works:
+        if w.new is None:
+            continue
+        for carried in forms.carry_over(w.module, w.new):
+            rows[w.name].note = "; ".join(filter(None, [rows[w.name].note, carried.note]))
+            level = logging.INFO if carried.kept else logging.WARNING
+            log.log(level, "factorize: %s: %s", w.name, carried.note)
 
 
 def _report(
@@ -379,6 +402,7 @@ def merge_lowrank(
         >>> type(tc.merge_lowrank(model)[0]).__name__, torch.allclose(model(x), y, atol=1e-5)
         ('Linear', True)
     """
+    forms.check(model, "merge_lowrank", include=include, exclude=exclude)
     if not any(isinstance(m, LowRankModule) for m in model.modules()):
         raise CompressionStateError(
             f"{type(model).__name__} holds no factorized layer to merge; call tc.factorize first."

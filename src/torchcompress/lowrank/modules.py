@@ -12,7 +12,9 @@
 Every factorized layer keeps the original's bias, device and dtype, exposes ``rank``, the dense
 ``weight`` it represents (computed on access), and :meth:`merge` back to a plain layer. The factors
 are ordinary ``nn.Linear``/``nn.Conv`` children, so other families (quantization, pruning) can
-compress them further.
+compress them further; the layer keeps its own geometry (sizes, kernel, stride, padding), so it
+prints, saves and profiles whatever the factors became. Its form is ``"factorized"``
+(:mod:`torchcompress.forms`).
 
 Example:
     >>> import torch
@@ -34,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import forms
 from ..errors import ConfigError, UnsupportedModuleError
 from ..layers import Geometry, canonical_weight, geometry, layer_kind, stored_weight
 from . import functional as F
@@ -307,32 +310,13 @@ class _LowRankConvNd(LowRankModule):
         self.second = self._conv(
             groups * rank, out_channels, 1, groups=groups, bias=bias, device=device, dtype=dtype
         )
-
-    # conv attributes users (and code) read
-    @property
-    def kernel_size(self) -> tuple[int, ...]:
-        """The kernel size of the original convolution."""
-        return self.first.kernel_size  # type: ignore[return-value]
-
-    @property
-    def stride(self) -> tuple[int, ...]:
-        """The stride (applied by ``first``)."""
-        return self.first.stride  # type: ignore[return-value]
-
-    @property
-    def padding(self) -> Any:
-        """The padding (applied by ``first``)."""
-        return self.first.padding
-
-    @property
-    def dilation(self) -> tuple[int, ...]:
-        """The dilation (applied by ``first``)."""
-        return self.first.dilation  # type: ignore[return-value]
-
-    @property
-    def padding_mode(self) -> str:
-        """The padding mode (applied by ``first``)."""
-        return self.first.padding_mode  # type: ignore[return-value]
+        # the geometry of the dense convolution, held here (not read from the factors, which other
+        # families may replace by their own modules: a quantized or integer ``first``)
+        self.kernel_size: tuple[int, ...] = tuple(self.first.kernel_size)
+        self.stride: tuple[int, ...] = tuple(self.first.stride)
+        self.padding: Any = self.first.padding
+        self.dilation: tuple[int, ...] = tuple(self.first.dilation)
+        self.padding_mode: str = self.first.padding_mode
 
     def factors(self) -> tuple[Tensor, Tensor]:
         g, r = self.groups, self.rank
@@ -515,3 +499,6 @@ def build_lowrank(dense: nn.Module, first: Tensor, second: Tensor) -> LowRankMod
             mod.second.bias.copy_(bias)  # type: ignore[union-attr,operator]
     mod.train(dense.training)
     return mod
+
+
+forms.register_recogniser("factorized", lambda m: isinstance(m, LowRankModule))

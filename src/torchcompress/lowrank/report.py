@@ -37,6 +37,8 @@ class LayerReport:
         macs_after: likewise after.
         factorized: whether it was replaced.
         reason: why it stayed dense (empty if factorized).
+        note: what became of the layer's earlier compression (e.g. a pruning mask dropped: the
+            factors are dense).
     """
 
     name: str
@@ -52,6 +54,7 @@ class LayerReport:
     macs_after: int | None = None
     factorized: bool = False
     reason: str = ""
+    note: str = ""
 
 
 @dataclass
@@ -157,9 +160,8 @@ class LowRankReport:
             )
             energy = "-" if la.energy_kept is None else f"{la.energy_kept:.4f}"
             rank = f"{la.rank}/{la.full_rank}" if la.rank is not None else f"dense/{la.full_rank}"
-            body.append(
-                [la.name, la.shape, rank, str(la.break_even), energy, params, macs, la.reason]
-            )
+            note = "; ".join(filter(None, [la.reason, la.note]))
+            body.append([la.name, la.shape, rank, str(la.break_even), energy, params, macs, note])
         widths = [
             max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(head)
         ]

@@ -316,7 +316,7 @@ def _build_profile(
     for key, p in model.named_parameters():  # deduplicated: tied parameters once
         row = _covering_ancestor(_owner(key), covering)
         params[row] = params.get(row, 0) + p.numel()
-        nonzero[row] = nonzero.get(row, 0) + int(torch.count_nonzero(p.detach()))
+        nonzero[row] = nonzero.get(row, 0) + int(torch.count_nonzero(_effective(model, key, p)))
     seen: set[tuple[Any, ...]] = set()
     for key, t in model.state_dict(keep_vars=True).items():
         if not isinstance(t, torch.Tensor):
@@ -375,6 +375,23 @@ def _build_profile(
         leaf, totals, model=type(model).__name__, inputs=inputs, leaf_rows=leaf, module_types=types
     )
     return result if depth is None else result.at_depth(depth)
+
+
+def _effective(model: nn.Module, key: str, p: torch.Tensor) -> torch.Tensor:
+    """The tensor a parameter stands for in the forward: for the ``original`` of a parametrized
+    tensor (``<layer>.parametrizations.weight.original``), the parametrized value (a pruning
+    mask applied), whatever module holds it; otherwise the parameter itself."""
+    owner, sep, rest = key.rpartition(".parametrizations.")
+    tensor, _, leaf = rest.partition(".")
+    if not sep or leaf != "original":
+        return p.detach()
+    try:
+        value = getattr(model.get_submodule(owner) if owner else model, tensor)
+    except AttributeError:
+        return p.detach()
+    return (
+        value.detach() if isinstance(value, torch.Tensor) and value.shape == p.shape else p.detach()
+    )
 
 
 def _selected(name: str, inc: list[str], exc: list[str]) -> bool:

@@ -41,7 +41,8 @@ import helpers, helpers never import verbs):
    and folded conv+BN layers, which need only the modules above, the method registry, ReLU
    origins, callbacks), :mod:`~torchcompress.quant.converting` (:func:`convert`).
 9. Codecs and export: :mod:`~torchcompress.quant.codecs` and ``qat.codecs`` (save/load),
-   :mod:`~torchcompress.quant.costs` (profiler costs), :mod:`~torchcompress.quant.onnx_export`
+   :mod:`~torchcompress.quant.costs` (profiler costs), :mod:`~torchcompress.quant.recognisers`
+   (the quantized forms of :mod:`torchcompress.forms`), :mod:`~torchcompress.quant.onnx_export`
    (:func:`export_onnx`).
 
 Contract for quantization-aware training (``tc.prepare_qat``) and later PTQ methods (GPTQ, AWQ,
@@ -83,6 +84,7 @@ from __future__ import annotations
 
 from . import codecs as _codecs  # noqa: F401  (registers the codecs)
 from . import costs as _costs  # noqa: F401  (registers the profiler costs)
+from . import recognisers as _recognisers  # noqa: F401  (registers the quantized forms)
 from .converting import IntLayer, convert
 from .graph import QuantGraph
 from .kernels import KERNELS

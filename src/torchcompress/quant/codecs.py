@@ -17,6 +17,7 @@ from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .. import io
 from ..errors import CompressionStateError, ConfigError
@@ -162,7 +163,7 @@ def geometry_from_spec(d: dict[str, Any], where: str) -> Geometry:
 def layer_spec(module: QuantLayer) -> dict[str, Any]:
     """A JSON description of a fake-quant layer: class, geometry, quantizers."""
     return {
-        "class": type(module).__name__,
+        "class": parametrize.type_before_parametrizations(module).__name__,
         "source": module.source,
         "bias": module.bias is not None,
         "dtype": _dtype_name(module.weight.dtype),
@@ -210,7 +211,8 @@ class QuantLayerCodec(io.ModuleCodec):
     }
 
     def matches(self, module: nn.Module) -> bool:
-        return type(module) in self.classes.values()
+        # a layer that kept a pruning mask is of torch's parametrized subclass (masks: an overlay)
+        return parametrize.type_before_parametrizations(module) in self.classes.values()
 
     def encode(self, module: nn.Module) -> dict[str, Any]:
         return layer_spec(cast(QuantLayer, module))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .. import io
+from .. import forms, io
 from ..errors import CompressionStateError
 from ..select import set_module, snapshot_modules
 from .build import finalize_for_convert
@@ -59,6 +59,7 @@ def convert(model: nn.Module, *, fuse_siblings: bool = True) -> nn.Module:
         >>> m[0].qweight.dtype, m[0](torch.randn(2, 64)).shape
         (torch.uint8, torch.Size([2, 64]))
     """
+    forms.check(model, "convert")
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLayer)]
     if not layers:
         raise CompressionStateError(

@@ -59,13 +59,34 @@ def _int_layer_cost(
     fmt = "float weights" if w is None else f"int{w['bits']} weights"
     if w is not None and w["bits"] <= 4:
         fmt += " (packed)"
-    return LayerCost(
-        macs=_macs(m, output),
-        params=params,
-        nonzero_params=params,
-        bytes=m.stored_bytes(),
-        note=f"{fmt}: {m.kernel_note()}",
+    # weights whose integer is the zero point are exact zeros (a pruned layer's, kept by convert)
+    return _with_zeros(
+        LayerCost(
+            macs=_macs(m, output),
+            params=params,
+            bytes=m.stored_bytes(),
+            note=f"{fmt}: {m.kernel_note()}",
+        ),
+        m.dequantized_weight(),
+        m.bias,
     )
+
+
+def _with_zeros(cost: LayerCost, weight: torch.Tensor, bias: torch.Tensor | None) -> LayerCost:
+    """``cost`` with the exact zeros of the stored ``weight`` (and ``bias``) counted: non-zero
+    parameters, and the MACs a sparsity-aware kernel would need (a pruned layer's zeros, kept by
+    :func:`torchcompress.convert` and by a k-means zero code)."""
+    numel, nnz = weight.numel(), int(torch.count_nonzero(weight))
+    bias_zeros = 0 if bias is None else int((bias == 0).sum())
+    cost.nonzero_params = (cost.params or 0) - (numel - nnz) - bias_zeros
+    if numel and nnz < numel:
+        # every weight takes part in the same number of MACs: the scaling is exact
+        macs = cost.macs
+        cost.effective_macs = (
+            macs // numel * nnz if macs % numel == 0 else round(macs * nnz / numel)
+        )
+        cost.note += f"; {1 - nnz / numel:.0%} zero weights"
+    return cost
 
 
 @register_cost(KMeansLayer)
@@ -73,12 +94,13 @@ def _kmeans_cost(
     module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
 ) -> LayerCost:
     m = cast(KMeansLayer, module)
-    return LayerCost(
+    cost = LayerCost(
         macs=_macs(m, output),
         params=_params(m, m.bias),
         bytes=_state_bytes(m),
         note=f"{m.bits}-bit codebook: dequantized on the fly",
     )
+    return _with_zeros(cost, m.weight, m.bias)
 
 
 @register_cost(FakeQuantize)

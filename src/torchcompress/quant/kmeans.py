@@ -17,15 +17,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .. import io
+from .. import forms, io
 from ..calibration import collect
-from ..errors import ConfigError, DataError, NumericalError, SelectionError
-from ..layers import Geometry, canonical_weight
+from ..errors import ConfigError, DataError, SelectionError
+from ..layers import Geometry, canonical_weight, check_finite
 from ..layers import forward as layer_forward
 from ..progress import progress_bar
 from ..select import replace_modules, snapshot_modules
 from . import functional as QF
-from .build import select_quant_targets
+from .build import refuse_if_done, select_quant_targets, source_name
 from .geometry import geometry_of
 from .modules import QuantizedModule
 
@@ -185,6 +185,29 @@ class KMeansLayer(QuantizedModule):
         )
 
 
+def _kmeans_keeping_zeros(
+    w: Tensor, k: int, *, weights: Tensor | None, **options: Any
+) -> tuple[Tensor, Tensor]:
+    """:func:`kmeans_1d` of a weight that keeps its exact zeros (pruned weights): one centroid is
+    exactly zero and holds every zero; the other ``k - 1`` cluster the non-zero values."""
+    v = w.detach().reshape(-1)
+    zero = v == 0
+    if not bool(zero.any()) or int(torch.unique(v).numel()) <= k:
+        return kmeans_1d(w, k, weights=weights, **options)
+    nonzero = ~zero
+    cent = torch.zeros(k, dtype=torch.float32, device=v.device)
+    lab = torch.zeros(v.numel(), dtype=torch.long, device=v.device)
+    if bool(nonzero.any()):
+        sub = None if weights is None else weights.detach().reshape(-1)[nonzero]
+        c, sub_lab = kmeans_1d(v[nonzero], k - 1, weights=sub, **options)
+        cent, order = torch.sort(torch.cat([c.float(), cent[:1]]))
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(k, device=v.device)
+        lab[nonzero] = rank[sub_lab]
+        lab[zero] = rank[k - 1]
+    return cent, lab
+
+
 def _feature_weights(e: Tensor, geometry: Geometry) -> Tensor:
     """Each weight's importance: ``E[x^2]`` of the input channel it multiplies (``e``, one value
     per input channel), in the canonical weight shape."""
@@ -236,6 +259,7 @@ def kmeans_quantize(
         >>> int(m[0].weight.unique().numel()) <= 4
         True
     """
+    forms.check(model, "kmeans_quantize", include=include, exclude=exclude)
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
         raise ConfigError(f"kmeans_quantize: bits={bits!r} must be an int from 1 to 8.")
     if weighted is True:
@@ -248,8 +272,10 @@ def kmeans_quantize(
         )
     targets = select_quant_targets(model, include, exclude, "k-means quantization")
     if not targets:
+        refuse_if_done(model, "kmeans_quantize", exclude)
         raise SelectionError(f"{type(model).__name__} has no layer for k-means quantization.")
     names = [n for n, _ in targets]
+    check_finite(targets, "k-means quantized")
     imp = {}
     if weighted == "activation":
         stats = collect(
@@ -265,19 +291,19 @@ def kmeans_quantize(
     def build(old: nn.Module, name: str) -> KMeansLayer:
         geo = geometry_of(old, name)
         w = canonical_weight(old, name=name).detach()
-        if not bool(torch.isfinite(w).all()):
-            raise NumericalError(f"The weight of {name!r} holds NaN or Inf.")
         weights = None
         if weighted == "activation":
             weights = _feature_weights(imp[name], geo)
         elif weighted == "magnitude":
             weights = w.abs()
-        cent, lab = kmeans_1d(w, 2**bits, weights=weights, init=init, iters=iters, seed=seed)
+        cent, lab = _kmeans_keeping_zeros(
+            w, 2**bits, weights=weights, init=init, iters=iters, seed=seed
+        )
         bias = getattr(old, "bias", None)
         layer = KMeansLayer(
             dataclasses.replace(geo, bias=isinstance(bias, Tensor)),
             bits,
-            source=type(old).__name__,
+            source=source_name(old),
             dtype=w.dtype,
             device=w.device,
         )

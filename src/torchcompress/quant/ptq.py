@@ -7,11 +7,17 @@ from typing import Any
 
 from torch import nn
 
-from .. import io
+from .. import forms, io
 from ..errors import ConfigError, DataError, SelectionError
 from ..fusion import fuse
 from ..select import module_device_dtype, replace_modules, snapshot_modules
-from .build import build_quant_layer, forward_restored_on_error, select_quant_targets
+from .build import (
+    build_quant_layer,
+    check_targets,
+    forward_restored_on_error,
+    refuse_if_done,
+    select_quant_targets,
+)
 from .calib import calibrate, check_reaches, example_batch
 from .graph import prepare_graph
 from .hardware import resolve_reduce_range
@@ -87,6 +93,8 @@ def quantize(
     Raises:
         ConfigError: a bad config, or a group size that does not divide a layer's input dimension.
         SelectionError: no layer to quantize, or a pattern that matches nothing.
+        CompressionStateError: the layers are in a form quantize may not follow (see
+            :mod:`torchcompress.forms`), or all already quantized.
         DataError: static mode without ``calib_data``, or batches that do not fit the model.
         CalibrationError: calibration data that never reaches a targeted layer.
         NumericalError: NaN or Inf in a weight or an activation.
@@ -100,6 +108,7 @@ def quantize(
         ['input__0', 'output__0']
         >>> model = tc.convert(model)  # uint8 between the two layers, int8 kernels
     """
+    forms.check(model, "quantize", include=include, exclude=exclude)
     config = QuantConfig() if config is None else config
     if not isinstance(config, QuantConfig):
         if isinstance(config, dict):
@@ -120,12 +129,14 @@ def quantize(
         )
     targets = select_quant_targets(model, include, exclude, "quantization")
     if not targets:
+        refuse_if_done(model, "quantize", exclude)
         raise SelectionError(
             f"{type(model).__name__} has no layer to quantize (Linear, Conv, HF Conv1D or another "
             "registered layer kind"
             f"{' after exclude=' + repr(exclude) if exclude else ''}); if it is already quantized, "
             "start again from the float model."
         )
+    check_targets(targets, config)
     device, _ = module_device_dtype(model)
     reduce = resolve_reduce_range(config.reduce_range, device)
     use_graph = static and graph == "auto"

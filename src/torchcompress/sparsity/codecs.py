@@ -2,7 +2,9 @@
 
 A masked layer is described by its plain layer (so a layer resized by structured pruning is rebuilt
 too) and the names of its masked tensors; loading rebuilds the layer, registers masks of the right
-shape, and the strict state-dict load then fills in the originals and the masks.
+shape, and the strict state-dict load then fills in the originals and the masks. The codec is an
+overlay (:attr:`torchcompress.io.ModuleCodec.overlay`): on a module another family's codec rebuilds
+(a fake-quant layer that kept the mask of the layer it replaced), the masks are added after it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class MaskedCodec(ModuleCodec):
     """Codec for any module with pruning masks (``weight``, and ``bias`` for filter pruning)."""
 
     name = "sparsity.mask"
+    overlay = True  # masks lie over a layer another family's codec may rebuild
 
     def matches(self, module: nn.Module) -> bool:
         return bool(masked_tensor_names(module))

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..costs import LayerCost
+from ..costs import LayerCost, lookup_cost
 from ..layers import layer_kind
 
 __all__ = ["describe_structure", "masked_cost"]
@@ -51,8 +51,16 @@ def describe_structure(w_canonical: torch.Tensor) -> str:
 def masked_cost(
     module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
 ) -> LayerCost:
-    """Cost of a masked Linear/Conv: the dense kernel's MACs, with non-zeros counted honestly."""
+    """Cost of a masked layer: the dense kernel's MACs, with non-zeros counted honestly.
+
+    A masked module of another family (a fake-quant layer that kept the mask of the layer it
+    replaced) is costed by that family's function, with the non-zeros and effective MACs of the
+    masked weight on top: the profile reports both savings.
+    """
     kind = layer_kind(module)
+    base = lookup_cost(module, skip=masked_cost)
+    if kind is None and base is not None:
+        return _refine(base(module, args, kwargs, output), module)
     w = module.weight.detach()
     numel = w.numel()
     nnz = int((w != 0).sum())
@@ -82,3 +90,23 @@ def masked_cost(
         note=note,
         counts_children=True,
     )
+
+
+def _refine(cost: LayerCost, module: nn.Module) -> LayerCost:
+    """``cost`` of a family's layer with the zeros of its masked weight (and bias) counted."""
+    w = getattr(module, "weight", None)
+    if not isinstance(w, torch.Tensor) or not w.numel():
+        return cost
+    numel, nnz = w.numel(), int(torch.count_nonzero(w.detach()))
+    bias = getattr(module, "bias", None)
+    b_numel = bias.numel() if isinstance(bias, torch.Tensor) else 0
+    b_nnz = int(torch.count_nonzero(bias.detach())) if isinstance(bias, torch.Tensor) else 0
+    params = cost.params if cost.params is not None else numel + b_numel
+    cost.nonzero_params = params - (numel - nnz) - (b_numel - b_nnz)
+    # every weight takes part in the same number of MACs: the scaling is exact
+    cost.effective_macs = (
+        cost.macs // numel * nnz if cost.macs % numel == 0 else round(cost.macs * nnz / numel)
+    )
+    zeros = f"{1 - nnz / numel:.0%} zeros (mask)"
+    cost.note = f"{cost.note}; {zeros}" if cost.note else zeros
+    return cost

@@ -10,7 +10,13 @@ dense ``original`` as its trainable parameter and a boolean ``mask`` buffer, and
 - the mask is a plain buffer in the ``state_dict`` (``<layer>.parametrizations.weight.0.mask``), so
   it survives ``state_dict``/``load_state_dict``, :func:`torchcompress.save`/:func:`torchcompress.load`,
   ``copy.deepcopy``, ``.to(device/dtype)``, DDP (a buffer) and ``torch.compile``;
-- assigning ``module.weight = w`` stores ``w`` as the new original (the mask still applies).
+- assigning ``module.weight = w`` stores ``w`` as the new original (the mask still applies);
+- a deep copy of a masked module gets a class of its own (torch shares the generated
+  ``Parametrized<Class>`` between copies, and removing a parametrization deletes its property from
+  that class), so finalizing or re-masking a copy never touches the original, nor the reverse;
+- when another family replaces a masked layer by its own module taking over the weight (a
+  fake-quant layer), the mask moves onto the new module's weight (:func:`carry_masks`, registered
+  with :mod:`torchcompress.forms`).
 
 The original values under the mask are kept (not zeroed), as in ``torch.nn.utils.prune``: pruning
 again with ``regrow=True`` can bring them back. Pickling a whole masked module (``torch.save(model)``)
@@ -30,11 +36,14 @@ Example:
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .. import forms
 from ..costs import lookup_cost, register_cost
 from ..errors import CompressionStateError
 from .costs import masked_cost
@@ -43,6 +52,7 @@ __all__ = [
     "Mask",
     "apply_mask",
     "bake_masks",
+    "carry_masks",
     "ensure_cost_registered",
     "get_mask",
     "is_masked",
@@ -186,6 +196,36 @@ def _register(module: nn.Module, tensor_name: str, p: Mask) -> None:
             parametrize.register_parametrization(module, tensor_name, p)
         finally:
             parametrize._maybe_set = maybe_set  # type: ignore[attr-defined]
+    _copies_get_own_class(type(module))
+
+
+def _clone_class(cls: type) -> type:
+    """A copy of a generated ``Parametrized<Class>`` (same bases, same attributes)."""
+    body = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+    return type(cls.__name__, cls.__bases__, body)
+
+
+def _copies_get_own_class(cls: type) -> None:
+    """Make ``copy.deepcopy`` of a module of the generated class ``cls`` give the copy its own class.
+
+    torch's parametrized class holds one property per parametrized tensor and
+    ``remove_parametrizations`` deletes it from the class; a copy sharing the class would lose it
+    when the original is finalized (or the reverse), and a mask added to one copy's bias would
+    appear as a property on the other.
+    """
+    if cls.__dict__.get("_tc_private_copies"):
+        return
+    previous: Callable[[Any, dict[int, Any]], Any] = cls.__deepcopy__  # type: ignore[attr-defined]
+
+    def deepcopy(self: nn.Module, memo: dict[int, Any]) -> nn.Module:
+        replica = previous(self, memo)
+        if type(replica) is type(self):
+            replica.__class__ = _clone_class(type(self))
+            ensure_cost_registered(replica)
+        return replica
+
+    cls.__deepcopy__ = deepcopy  # type: ignore[attr-defined]
+    cls._tc_private_copies = True  # type: ignore[attr-defined]
 
 
 def bake_masks(module: nn.Module) -> nn.Module:
@@ -216,3 +256,39 @@ def bake_masks(module: nn.Module) -> nn.Module:
             plist.original.masked_fill_(~plist[0].mask, 0)
         parametrize.remove_parametrizations(module, name, leave_parametrized=False)
     return module
+
+
+def carry_masks(
+    old: nn.Module, new: nn.Module, layout: Callable[[str, torch.Tensor], torch.Tensor]
+) -> forms.Carried:
+    """Put ``old``'s pruning masks on ``new``, the module replacing it (a form carrier).
+
+    A mask moves onto the tensor of the same name when ``new`` stores it as a parameter (a
+    fake-quant layer's float master weight, which the replacing family took over from the masked
+    layer's original); ``layout(name, mask)`` gives it ``new``'s layout. Otherwise (a factorized
+    layer computes its weight from dense factors) the mask is dropped, and the note says so.
+    """
+    names = masked_tensor_names(old)
+    missing = [n for n in names if not _holds_tensor(new, n)]
+    if missing:
+        return forms.Carried(
+            "masked",
+            False,
+            f"pruning mask of {', '.join(missing)} dropped: {type(new).__name__} holds no "
+            f"{'/'.join(missing)} tensor to mask (prune it again with tc.prune)",
+        )
+    for n in names:
+        mask = get_mask(old, n)
+        if mask is not None:
+            apply_mask(new, n, layout(n, mask))
+    return forms.Carried("masked", True, f"pruning mask kept on {', '.join(names)}")
+
+
+def _holds_tensor(module: nn.Module, name: str) -> bool:
+    if parametrize.is_parametrized(module, name):
+        return True
+    return isinstance(module._parameters.get(name), torch.Tensor)
+
+
+forms.register_recogniser("masked", lambda m: bool(masked_tensor_names(m)))
+forms.register_carrier("masked", carry_masks)

@@ -11,17 +11,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import io
+from .. import forms, io
 from ..calibration import STATISTICS, LayerStats
 from ..errors import (
     CalibrationError,
+    CompressionStateError,
     ConfigError,
     DataError,
+    ErrorCollector,
     NumericalError,
     SelectionError,
     UnsupportedModuleError,
 )
-from ..layers import layer_kind, supported_types
+from ..layers import check_finite, layer_kind, supported_types
 from ..select import matches, select_modules, snapshot_modules
 from .calibration import LossFn, Target, collect_statistics
 from .config import PruneConfig
@@ -369,6 +371,8 @@ def prune(
         ShapeError: a layer cannot take the pattern (e.g. ``m`` does not divide its inputs).
         DataError: a data-driven criterion without ``data``, or data that does not fit.
         SelectionError: include/exclude/overrides patterns that match nothing.
+        CompressionStateError: a targeted layer is already quantized (prune before quantizing;
+            see :mod:`torchcompress.forms`).
 
     Example:
         >>> import torch, torchcompress as tc
@@ -381,6 +385,7 @@ def prune(
         >>> round(tc.sparsity_report(model)["0"].sparsity, 2)
         0.9
     """
+    forms.check(model, "prune", include=include, exclude=exclude)
     cfg = _as_config(config)
     if loss_fn is not None and not callable(loss_fn):
         raise ConfigError(f"loss_fn must be callable (output, target) -> loss, got {loss_fn!r}.")
@@ -388,9 +393,11 @@ def prune(
     cfgs = _resolve(cfg, targets, overrides)
     layers: list[_Layer] = []
     needs: dict[str, set[str]] = {}
+    misfits = ErrorCollector("Some layers cannot take their pattern")
     for t, c in zip(targets, cfgs):
         pattern = make_pattern(c.pattern, c.n, c.m)
-        pattern.check(t.name, t.kind, t.module)
+        with misfits.catch():
+            pattern.check(t.name, t.kind, t.module)
         crit = CRITERIA.get(c.criterion)
         if crit.needs_data:
             if data is None:
@@ -411,6 +418,8 @@ def prune(
             )
         )
 
+    misfits.raise_if_any()
+    check_finite([(t.name, t.module) for t in targets], "pruned")
     with snapshot_modules(model):
         fresh: set[str] = set()  # layers masked by this call (an all-ones mask for now)
         for lay in layers:
@@ -523,8 +532,7 @@ def finalize(
         >>> type(tc.finalize(m)[0]).__name__, int((m[0].weight == 0).sum())
         ('Linear', 32)
     """
-    from ..errors import CompressionStateError
-
+    forms.check(model, "finalize", include=include, exclude=exclude)
     inc, exc = _as_list(include), _as_list(exclude)
     masked = [
         (n, m)

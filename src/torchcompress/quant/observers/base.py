@@ -277,9 +277,13 @@ class Observer(nn.Module):
             )
 
     def _clip_symmetric(self, a: Tensor) -> tuple[Tensor, Tensor]:
-        """The observed range clipped to ``[-a, a]``."""
-        lo = torch.maximum(self.min_val, -a)  # type: ignore[arg-type]
-        hi = torch.minimum(self.max_val, a)  # type: ignore[arg-type]
+        """The observed range clipped to ``[-a, a]``.
+
+        A clip read from a histogram (to one bin) may fall short of every value seen (values all of
+        one sign in the top bin): the range then shrinks to the nearest value seen, never inverts.
+        """
+        lo = torch.maximum(self.min_val, torch.minimum(-a, self.max_val))  # type: ignore[arg-type]
+        hi = torch.minimum(self.max_val, torch.maximum(a, self.min_val))  # type: ignore[arg-type]
         return lo, hi
 
     def _fq_error(self, values: Tensor, counts: Tensor, lo: Tensor, hi: Tensor) -> Tensor:

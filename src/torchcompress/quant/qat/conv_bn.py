@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ...fusion import bn_scale_shift
 from ...layers import Geometry
+from ..build import carry_forms, take_over_parameters
 from ..modules import QuantConv1d, QuantConv2d, QuantLayer, _QuantConvNd, quant_layer_class
 
 __all__ = ["FOLDABLE_BN", "QuantConvBn1d", "QuantConvBn2d", "conv_bn_class"]
@@ -139,13 +140,13 @@ class _QuantConvBnNd(_QuantConvNd):
         """The folded conv+BN training layer of a fake-quant convolution and its BatchNorm (the
         parameters and quantizers are taken over)."""
         new = cls.from_geometry(layer.geometry, device="meta", source=layer.source)
-        new.weight = layer.weight
-        new.bias = layer.bias
+        take_over_parameters(layer, new, bias=layer.geometry.bias)
         new._init_bn(bn)
         new.weight_quant = layer.weight_quant
         new.input_quant = layer.input_quant
         new.output_quant = layer.output_quant
         new.train(bn.training)
+        carry_forms(layer, new)  # a pruning mask moves along (last, as loading adds it)
         return new
 
     def extra_repr(self) -> str:

@@ -26,12 +26,17 @@ from typing import Any
 
 from torch import nn
 
-from ... import io
+from ... import forms, io
 from ...errors import CompressionStateError, ConfigError, SelectionError
 from ...fusion import fusion_pairs
 from ...layers import layer_kind
 from ...select import module_device_dtype, replace_modules, snapshot_modules
-from ..build import build_quant_layer, forward_restored_on_error, select_quant_targets
+from ..build import (
+    build_quant_layer,
+    check_targets,
+    forward_restored_on_error,
+    select_quant_targets,
+)
 from ..calib import calibrate, example_batch
 from ..geometry import geometry_of
 from ..graph import GraphPlan, prepare_graph
@@ -147,6 +152,7 @@ def prepare_qat(
         >>> model = tc.convert(tc.finetune(model, data, progress=False))
     """
     config = QuantConfig() if config is None else config
+    forms.check(model, "prepare_qat", include=include, exclude=exclude)
     if isinstance(config, dict):
         config = QuantConfig.from_dict(config)
     if not isinstance(config, QuantConfig):
@@ -177,6 +183,7 @@ def prepare_qat(
             f"{type(model).__name__} has no layer to quantize (Linear, Conv, HF Conv1D or another "
             f"registered layer kind{' after exclude=' + repr(exclude) if exclude else ''})."
         )
+    check_targets(targets, config)
     device, _ = module_device_dtype(model)
     reduce = resolve_reduce_range(config.reduce_range, device)
     static = act is not None and not dynamic

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ... import io
+from ... import forms, io
 from ...batches import Batch, example_batch
 from ...calibration import STATISTICS
 from ...errors import ConfigError, ShapeError, UnsupportedModuleError
@@ -235,6 +235,7 @@ def prune_channels(
     )
     if not isinstance(model, nn.Module):
         raise TypeError(f"prune_channels needs an nn.Module, got {type(model).__name__}.")
+    forms.check(model, "prune_channels")  # every layer in a form it cannot follow, named at once
     check_plain(model)
     times: dict[str, float] = {}
     t = time.perf_counter()

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ... import forms
 from .graph import Group, split_key
 from .handlers import Keep, handler_for
 
@@ -35,6 +36,9 @@ __all__ = ["RESIZED_ATTR", "apply_pruning", "keep_indices", "transaction"]
 
 #: set (in a module's ``__dict__``) on every module whose shapes channel pruning changed
 RESIZED_ATTR = "_torchcompress_resized"
+
+# a module resized here is in the "channel-pruned" form of torchcompress.forms
+forms.register_recogniser("channel-pruned", lambda m: bool(m.__dict__.get(RESIZED_ATTR)))
 
 
 def keep_indices(
