@@ -29,6 +29,8 @@ ORDER = [
     "quant_minilm",
     "quant_cnn",
     "qat_cnn",
+    "ptq_minilm",
+    "ptq_gpt",
     "prune_minilm",
     "prune_cnn",
     "lowrank_minilm",

@@ -26,6 +26,7 @@ ORDER = [
     "profile-fusion",
     "quant",
     "qat",
+    "ptq",
     "sparsity",
     "structured",
     "lowrank",

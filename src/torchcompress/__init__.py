@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 # public name -> module that defines it (imported lazily on first access). Names of the planned
-# surface join this table when their family implements them (prepare_qat, gptq, awq, smoothquant,
-# sparsegpt).
+# surface join this table when their family implements them.
 _EXPORTS: dict[str, str] = {
     # foundation
     "save": "torchcompress.io",
@@ -44,12 +43,20 @@ _EXPORTS: dict[str, str] = {
     "convert": "torchcompress.quant",
     "kmeans_quantize": "torchcompress.quant",
     "export_onnx": "torchcompress.quant",
+    "GPTQConfig": "torchcompress.quant",
+    "gptq": "torchcompress.quant",
+    "AWQConfig": "torchcompress.quant",
+    "awq": "torchcompress.quant",
+    "SmoothQuantConfig": "torchcompress.quant",
+    "smoothquant": "torchcompress.quant",
     # sparsity and pruning
     "PruneConfig": "torchcompress.sparsity",
     "prune": "torchcompress.sparsity",
     "sparsity_report": "torchcompress.sparsity",
     "finalize": "torchcompress.sparsity",
     "SparsitySchedule": "torchcompress.sparsity",
+    "SparseGPTConfig": "torchcompress.sparsity",
+    "sparsegpt": "torchcompress.sparsity",
     "prune_channels": "torchcompress.sparsity",
     "ChannelPruneConfig": "torchcompress.sparsity",
     # low-rank
@@ -61,6 +68,7 @@ _EXPORTS: dict[str, str] = {
 # submodules reachable as attributes (tc.models, tc.data, tc.distill, ...)
 _SUBMODULES = (
     "batches",
+    "calibration",
     "config",
     "costs",
     "data",

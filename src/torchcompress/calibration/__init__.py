@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from .distributed import all_reduce_statistics, is_distributed, world_size
 from .engine import Collected, LayerStats, LossFn, collect, run_batches, split_batch
-from .sequential import Block, Inputs, SequentialRunner, find_blocks, next_inputs
+from .sequential import Block, Inputs, SequentialRunner, by_block, find_blocks, next_inputs
 from .statistics import STATISTICS, Statistic
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "SequentialRunner",
     "Statistic",
     "all_reduce_statistics",
+    "by_block",
     "collect",
     "find_blocks",
     "is_distributed",

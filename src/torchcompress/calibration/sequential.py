@@ -58,7 +58,7 @@ from ..progress import progress_bar
 from ..select import set_module
 from .engine import Collected, collect, run_batches
 
-__all__ = ["Block", "Inputs", "SequentialRunner", "find_blocks", "next_inputs"]
+__all__ = ["Block", "Inputs", "SequentialRunner", "by_block", "find_blocks", "next_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,31 @@ def find_blocks(
     if not out:
         raise SelectionError("blocks= is empty; name at least one block.")
     return out
+
+
+def by_block(
+    names: Iterable[str], blocks: Sequence[tuple[str, nn.Module]]
+) -> tuple[dict[str, list[str]], list[str]]:
+    """Sort qualified layer names by the block holding them.
+
+    Returns:
+        ``(inside, outside)``: block name -> the names inside it, relative to the block (every
+        block listed, in order), and the names in no block.
+
+    Example:
+        >>> from torch import nn
+        >>> by_block(["h.0.fc", "h.1.fc", "head"], [("h.0", nn.Linear(1, 1)), ("h.1", nn.Linear(1, 1))])
+        ({'h.0': ['fc'], 'h.1': ['fc']}, ['head'])
+    """
+    inside: dict[str, list[str]] = {name: [] for name, _ in blocks}
+    outside: list[str] = []
+    for name in names:
+        owner = next((b for b, _ in blocks if name.startswith(b + ".")), None)
+        if owner is None:
+            outside.append(name)
+        else:
+            inside[owner].append(name[len(owner) + 1 :])
+    return inside, outside
 
 
 def next_inputs(inputs: Inputs, output: Any) -> Inputs:

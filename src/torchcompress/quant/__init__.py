@@ -1,7 +1,9 @@
 """Quantization: integer formats, observers, post-training quantization, real integer execution.
 
 Public surface (also as ``tc.<name>``): :class:`IntSpec`, :class:`QuantConfig`, :func:`quantize`,
-:func:`prepare_qat`, :func:`convert`, :func:`kmeans_quantize`, :func:`export_onnx`. Observer specs
+:func:`prepare_qat`, :func:`convert`, :func:`kmeans_quantize`, :func:`export_onnx`, and the
+block-by-block methods :func:`gptq` / :class:`GPTQConfig`, :func:`awq` / :class:`AWQConfig`,
+:func:`smoothquant` / :class:`SmoothQuantConfig`. Observer specs
 (``tc.quant.<name>``): :class:`MinMax`, :class:`MovingMinMax`, :class:`Percentile`, :class:`MSE`,
 :class:`KL`, :class:`SAWB` (``QuantConfig(observer=tc.quant.Percentile(99.9))``). QAT helpers
 (``tc.quant.<name>``): :func:`freeze_bn_stats`, :func:`unfreeze_bn_stats`, :func:`freeze_observers`,
@@ -44,6 +46,13 @@ import helpers, helpers never import verbs):
    :mod:`~torchcompress.quant.costs` (profiler costs), :mod:`~torchcompress.quant.recognisers`
    (the quantized forms of :mod:`torchcompress.forms`), :mod:`~torchcompress.quant.onnx_export`
    (:func:`export_onnx`).
+10. Block-by-block post-training methods, on :class:`torchcompress.calibration.SequentialRunner`:
+    :mod:`~torchcompress.quant.blockwise` (their configs' base, targets, building layers with the
+    weights and ranges a method computed), :mod:`~torchcompress.quant.scaling` (per-input-channel
+    scales folded into the producing op, or :class:`InputScaled`), :mod:`~torchcompress.quant.scale_search`
+    (ranking candidate scales by the block's output error), then the verbs
+    :mod:`~torchcompress.quant.gptq` (:func:`gptq`), :mod:`~torchcompress.quant.awq` (:func:`awq`)
+    and :mod:`~torchcompress.quant.smoothquant` (:func:`smoothquant`).
 
 Contract for quantization-aware training (``tc.prepare_qat``) and later PTQ methods (GPTQ, AWQ,
 SmoothQuant), which build on these modules:
@@ -85,7 +94,9 @@ from __future__ import annotations
 from . import codecs as _codecs  # noqa: F401  (registers the codecs)
 from . import costs as _costs  # noqa: F401  (registers the profiler costs)
 from . import recognisers as _recognisers  # noqa: F401  (registers the quantized forms)
+from .awq import AWQConfig, awq
 from .converting import IntLayer, convert
+from .gptq import GPTQConfig, gptq
 from .graph import QuantGraph
 from .kernels import KERNELS
 from .kmeans import KMeansLayer, kmeans_quantize
@@ -122,6 +133,8 @@ from .qat import (
     unfreeze_observers,
 )
 from .qat import codecs as _qat_codecs  # noqa: F401  (registers the folded conv+BN codec)
+from .scaling import InputScaled
+from .smoothquant import SmoothQuantConfig, smoothquant
 from .spec import IntSpec, QuantConfig
 
 __all__ = [
@@ -131,9 +144,12 @@ __all__ = [
     "OBSERVERS",
     "QAT_METHODS",
     "SAWB",
+    "AWQConfig",
     "FakeQuantize",
     "FreezeBNStats",
     "FreezeObservers",
+    "GPTQConfig",
+    "InputScaled",
     "IntLayer",
     "IntSpec",
     "KMeansLayer",
@@ -155,15 +171,19 @@ __all__ = [
     "QuantLayer",
     "QuantLinear",
     "STEQuantize",
+    "SmoothQuantConfig",
+    "awq",
     "convert",
     "export_onnx",
     "freeze_bn_stats",
     "freeze_observers",
+    "gptq",
     "kmeans_quantize",
     "pact_regularizer",
     "prepare_qat",
     "quantize",
     "requantize",
+    "smoothquant",
     "unfreeze_bn_stats",
     "unfreeze_observers",
 ]

@@ -6,6 +6,8 @@ The surface (also as ``tc.<name>``):
   (unstructured, N:M, whole channels), by magnitude, random, L1/L2 group norms, first-order Taylor,
   Fisher or Wanda scores, per layer, per output row or with one global threshold; calling it again
   re-prunes, keeping what is pruned;
+- :func:`sparsegpt` (and :class:`SparseGPTConfig`): one-shot SparseGPT or Wanda pruning of a
+  transformer's blocks, one block at a time, with weight reconstruction (SparseGPT);
 - :func:`prune_channels` / :class:`ChannelPruneConfig` (:mod:`~torchcompress.sparsity.structured`):
   structured pruning that physically removes channels and attention heads, following the model's
   dependency graph, by a channel ratio or to a MACs/params target; :func:`channel_report`;
@@ -53,6 +55,7 @@ from .regularizers import L1, BNScaleL1, GroupHoyer, GroupLasso, Hoyer, Regulari
 from .report import LayerSparsity, SparsityReport, sparsity_report
 from .schedules import SCHEDULE_KINDS, GradualPruning, SparsitySchedule, gradual_prune
 from .semi_structured import semi_structured_available, to_semi_structured
+from .sparsegpt import SparseGPTConfig, sparsegpt
 from .structured import ChannelPruneConfig, ChannelPruneReport, channel_report, prune_channels
 
 __all__ = [
@@ -77,6 +80,7 @@ __all__ = [
     "Pattern",
     "PruneConfig",
     "Regularizer",
+    "SparseGPTConfig",
     "SparsityReport",
     "SparsitySchedule",
     "Target",
@@ -93,6 +97,7 @@ __all__ = [
     "prune_channels",
     "select_targets",
     "semi_structured_available",
+    "sparsegpt",
     "sparsity_report",
     "to_semi_structured",
 ]
