@@ -28,6 +28,7 @@ ORDER = [
     "calibration_memory",
     "quant_minilm",
     "quant_cnn",
+    "deploy",
     "qat_cnn",
     "ptq_minilm",
     "ptq_gpt",

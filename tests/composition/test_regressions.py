@@ -42,7 +42,6 @@ def _gpt2():
 # --- item 1 (deployment): 16-bit activations convert wrong --------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 1: deployment")
 def test_item1_a16_converts_to_the_fake_quant_model() -> None:
     m = _mlp()
     cal = [torch.randn(8, 8) for _ in range(4)]
@@ -171,7 +170,6 @@ class _CalledTwice(nn.Module):
         return self.s(torch.relu(self.s(torch.relu(self.a(x)))))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 6: deployment")
 @pytest.mark.parametrize("verb", ["quantize", "prepare_qat"])
 def test_item6_a_layer_called_twice_converts(verb: str) -> None:
     torch.manual_seed(0)
@@ -211,7 +209,6 @@ def test_item7_factorizing_a_masked_layer_warns_and_reports(caplog) -> None:
 # --- item 8 (deployment): export_onnx of float64 / bfloat16 and k-means models ----------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 8: deployment")
 @pytest.mark.parametrize("case", ["float64", "bfloat16", "kmeans"])
 def test_item8_export_onnx(case: str, tmp_path) -> None:
     pytest.importorskip("onnx")

@@ -95,7 +95,7 @@ from . import codecs as _codecs  # noqa: F401  (registers the codecs)
 from . import costs as _costs  # noqa: F401  (registers the profiler costs)
 from . import recognisers as _recognisers  # noqa: F401  (registers the quantized forms)
 from .awq import AWQConfig, awq
-from .converting import IntLayer, convert
+from .converting import RUNTIMES, IntLayer, convert, set_runtime
 from .gptq import GPTQConfig, gptq
 from .graph import QuantGraph
 from .kernels import KERNELS
@@ -143,6 +143,7 @@ __all__ = [
     "MSE",
     "OBSERVERS",
     "QAT_METHODS",
+    "RUNTIMES",
     "SAWB",
     "AWQConfig",
     "FakeQuantize",
@@ -183,6 +184,7 @@ __all__ = [
     "prepare_qat",
     "quantize",
     "requantize",
+    "set_runtime",
     "smoothquant",
     "unfreeze_bn_stats",
     "unfreeze_observers",

@@ -233,6 +233,7 @@ _INT_LAYER_ARGS = (
     "graph_mode",
     "fuse_siblings",
     "source",
+    "runtime",
 )
 
 #: the convolution arguments files written before layers carried a geometry record
@@ -251,6 +252,8 @@ class IntLayerCodec(io.ModuleCodec):
     """Converted integer layers; kernels are re-packed lazily on first use after loading."""
 
     name = "torchcompress.quant.int_layer"
+    #: the integer layers of later calls of a shared layer live in the graph container
+    creates_missing = True
 
     def matches(self, module: nn.Module) -> bool:
         return type(module) is IntLayer
@@ -293,6 +296,7 @@ class KMeansCodec(io.ModuleCodec):
             "geometry": m.geometry.to_dict(),
             "bits": m.bits,
             "source": m.source,
+            "runtime": m.runtime,
             "bias": m.bias is not None,
             "dtype": _dtype_name(m.bias.dtype if m.bias is not None else torch.float32),
         }
@@ -304,6 +308,7 @@ class KMeansCodec(io.ModuleCodec):
             geo,
             spec["bits"],
             source=spec.get("source", ""),
+            runtime=spec.get("runtime", "cache"),
             dtype=_dtype(spec["dtype"]),
             device=device,
         )
@@ -324,12 +329,15 @@ class QuantGraphCodec(io.ModuleCodec):
             "converted": module.converted,
             "fuse_residual": module.fuse_residual,
             "quantizers": {k: fq_spec(v) for k, v in module.quantizers.items()},  # type: ignore[union-attr, arg-type]
+            "export_ranges": {k: fq_spec(v) for k, v in module.export_ranges.items()},  # type: ignore[union-attr, arg-type]
         }
 
     def decode(self, spec: dict[str, Any], current: nn.Module | None) -> nn.Module:
         c = QuantGraph(spec["leaf_names"], fuse_residual=spec.get("fuse_residual", True))
         for k, v in spec["quantizers"].items():
             c.quantizers[k] = fq_from_spec(v)  # type: ignore[assignment]
+        for k, v in spec.get("export_ranges", {}).items():
+            c.export_ranges[k] = fq_from_spec(v)  # type: ignore[assignment]
         c.converted = bool(spec["converted"])
         return c
 

@@ -10,19 +10,30 @@ from __future__ import annotations
 from torch import nn
 
 from .. import forms, io
-from ..errors import CompressionStateError
+from ..errors import CompressionStateError, ConfigError
 from ..select import set_module, snapshot_modules
 from .build import finalize_for_convert
 from .graph import QuantGraph, container_of
 from .int_graph import build_integer_graph, rebuild
-from .int_layer import IntLayer
+from .int_layer import RUNTIMES, IntLayer
+from .kmeans import KMeansLayer
+from .lowbit import CudaInt4Kernel, W4A8Kernel  # registers the runtime modes' kernels
 from .modules import QuantLayer
 from .siblings import SiblingGroup, link_siblings
 
-__all__ = ["IntLayer", "SiblingGroup", "convert", "link_siblings"]
+__all__ = [
+    "RUNTIMES",
+    "CudaInt4Kernel",
+    "IntLayer",
+    "SiblingGroup",
+    "W4A8Kernel",
+    "convert",
+    "link_siblings",
+    "set_runtime",
+]
 
 
-def convert(model: nn.Module, *, fuse_siblings: bool = True) -> nn.Module:
+def convert(model: nn.Module, *, fuse_siblings: bool = True, runtime: str = "cache") -> nn.Module:
     """Turn a fake-quant model (from :func:`torchcompress.quantize`) into a real integer model.
 
     Every fake-quant layer becomes an :class:`IntLayer`: weights stored as integers (int8, or
@@ -42,15 +53,38 @@ def convert(model: nn.Module, *, fuse_siblings: bool = True) -> nn.Module:
     query, key and value) share one GEMM on their concatenated weights (:class:`SiblingGroup`),
     which gives exactly the separate layers' outputs.
 
+    Weight-only layers (``activation=None``), k-means layers (:func:`torchcompress.kmeans_quantize`)
+    and the other dequantizing fallbacks trade memory against speed at run time; ``runtime``
+    chooses (saved with the model; :func:`torchcompress.load` restores it; the file always keeps
+    the low-bit weights):
+
+    - ``"cache"`` (default): dequantize the weights on the first call and keep them: float speed,
+      float weights in memory at run time. The default because it is the only mode that never runs
+      slower than the float model, on every device and batch size (dequantizing at every call ran
+      1.07-1.19x slower than fp32 on CNNs and about 4x on a weight-bound MLP; see BENCHMARKS.md).
+    - ``"lowbit"``: keep only the low-bit weights in memory; run the device's low-bit kernel where
+      there is one (CUDA: torch's int4 tinygemm kernel for 4-bit group-wise weights, bfloat16
+      activations), else dequantize at every call (slower than float).
+    - ``"w4a8"`` (CPU, opt-in): weights up to 8 bits (symmetric, per tensor or per channel)
+      unpacked once to int8 for fbgemm's GEMM with activations quantized per call (dynamic uint8
+      per tensor): much faster than float on weight-bound Linear layers, but an approximation of
+      the weight-only model. Layers it cannot run are cached.
+
+    The ``repr`` of each layer and :func:`torchcompress.profile` say which runs, and the profile's
+    note gives the bytes held at run time where they exceed the stored bytes. :func:`set_runtime`
+    switches the mode of a converted (or k-means) model.
+
     Args:
         model: a model quantized with :func:`torchcompress.quantize`; modified in place.
         fuse_siblings: group sibling Linear layers into one GEMM (see above).
+        runtime: ``"cache"``, ``"lowbit"`` or ``"w4a8"`` (see above).
 
     Returns:
         ``model``, converted.
 
     Raises:
         CompressionStateError: the model has no fake-quant layer, or one was never calibrated.
+        ConfigError: ``runtime`` is not one of the modes above.
 
     Example:
         >>> import torch, torchcompress as tc
@@ -58,7 +92,13 @@ def convert(model: nn.Module, *, fuse_siblings: bool = True) -> nn.Module:
         >>> m = tc.convert(tc.quantize(m, tc.QuantConfig(mode="dynamic")))
         >>> m[0].qweight.dtype, m[0](torch.randn(2, 64)).shape
         (torch.uint8, torch.Size([2, 64]))
+        >>> w4 = tc.QuantConfig(weight=tc.IntSpec(4, granularity="channel"), activation=None)
+        >>> m = tc.convert(tc.quantize(torch.nn.Sequential(torch.nn.Linear(64, 64)), w4))
+        >>> m[0].runtime, tc.quant.set_runtime(m, "lowbit")[0].runtime
+        ('cache', 'lowbit')
     """
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"convert(runtime={runtime!r}) must be one of {list(RUNTIMES)}.")
     forms.check(model, "convert")
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLayer)]
     if not layers:
@@ -85,8 +125,52 @@ def convert(model: nn.Module, *, fuse_siblings: bool = True) -> nn.Module:
         for mod in model.modules():
             if isinstance(mod, IntLayer):
                 mod.fuse_siblings = False
-    io.add_history(model, "convert", {"fuse_siblings": fuse_siblings})
+    _set_runtime(model, runtime)  # (any k-means layers of the model too)
+    io.add_history(model, "convert", {"fuse_siblings": fuse_siblings, "runtime": runtime})
     return model
+
+
+def set_runtime(model: nn.Module, runtime: str) -> nn.Module:
+    """Switch the runtime mode of every converted and k-means layer of ``model`` (see
+    :func:`convert`): ``"cache"``, ``"lowbit"`` or ``"w4a8"`` (k-means layers: ``"w4a8"`` has no
+    codebook kernel, they cache). Saved with the model.
+
+    Args:
+        model: a converted or k-means-quantized model; modified in place.
+        runtime: the mode.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        ConfigError: an unknown mode.
+        CompressionStateError: the model has no converted or k-means layer.
+
+    Example:
+        >>> import torch, torchcompress as tc
+        >>> m = tc.kmeans_quantize(torch.nn.Sequential(torch.nn.Linear(16, 8)), bits=2)
+        >>> "at every call" in repr(tc.quant.set_runtime(m, "lowbit")[0])
+        True
+    """
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"set_runtime(runtime={runtime!r}) must be one of {list(RUNTIMES)}.")
+    if not _set_runtime(model, runtime):
+        raise CompressionStateError(
+            f"{type(model).__name__} has no converted or k-means layer; call tc.convert or "
+            "tc.kmeans_quantize first."
+        )
+    io.add_history(model, "set_runtime", {"runtime": runtime})
+    return model
+
+
+def _set_runtime(model: nn.Module, runtime: str) -> bool:
+    """Set the runtime mode of every integer and k-means layer; whether there was one."""
+    found = False
+    for mod in model.modules():
+        if isinstance(mod, IntLayer | KMeansLayer):
+            mod.set_runtime(runtime)
+            found = True
+    return found
 
 
 def _parents_of_int_layers(model: nn.Module) -> list[nn.Module]:

@@ -59,17 +59,34 @@ def _int_layer_cost(
     fmt = "float weights" if w is None else f"int{w['bits']} weights"
     if w is not None and w["bits"] <= 4:
         fmt += " (packed)"
-    # weights whose integer is the zero point are exact zeros (a pruned layer's, kept by convert)
-    return _with_zeros(
-        LayerCost(
-            macs=_macs(m, output),
-            params=params,
-            bytes=m.stored_bytes(),
-            note=f"{fmt}: {m.kernel_note()}",
-        ),
-        m.dequantized_weight(),
-        m.bias,
+    stored = m.stored_bytes()
+    cost = LayerCost(
+        macs=_macs(m, output),
+        params=params,
+        bytes=stored,
+        note=f"{fmt}: {m.kernel_note()}{_run_time(stored, m.runtime_bytes())}",
     )
+    if m.weights_of:  # a later call of a shared layer: its weights are counted once, there
+        cost.params = cost.nonzero_params = 0
+        cost.note = f"{fmt} of {m.weights_of}: {m.kernel_note()}"
+        return cost
+    # weights whose integer is the zero point are exact zeros (a pruned layer's, kept by convert)
+    return _with_zeros(cost, m.dequantized_weight(), m.bias)
+
+
+def _run_time(stored: int, held: int) -> str:
+    """``"; 1.2 MB in memory at run time"`` where the layer holds more than it stores."""
+    if held <= stored:
+        return ""
+    return f"; {_human(held)} in memory at run time"
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n:.1f} GiB"
 
 
 def _with_zeros(cost: LayerCost, weight: torch.Tensor, bias: torch.Tensor | None) -> LayerCost:
@@ -94,11 +111,12 @@ def _kmeans_cost(
     module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
 ) -> LayerCost:
     m = cast(KMeansLayer, module)
+    stored = _state_bytes(m)
     cost = LayerCost(
         macs=_macs(m, output),
         params=_params(m, m.bias),
-        bytes=_state_bytes(m),
-        note=f"{m.bits}-bit codebook: dequantized on the fly",
+        bytes=stored,
+        note=f"{m.bits}-bit codebook: {m.runtime_note()}{_run_time(stored, m.runtime_bytes())}",
     )
     return _with_zeros(cost, m.weight, m.bias)
 

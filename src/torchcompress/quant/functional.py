@@ -394,7 +394,16 @@ def quantize_u8(x: Tensor, scale: float, zp: int, hi: int) -> Tensor:
 
     The integer model stores every activation as uint8 offset by ``-qmin`` (so ``zp`` here is the
     zero point of that storage and ``hi = qmax - qmin``).
+
+    Raises:
+        ValueError: ``hi`` exceeds 255 (a format wider than 8 bits does not fit the storage; such
+            activations stay float, fake-quantized).
     """
+    if hi > 255 or hi < 0:
+        raise ValueError(
+            f"quantize_u8: {hi + 1} levels do not fit uint8 storage; keep activations wider "
+            "than 8 bits in float (fake_quantize)."
+        )
     if _fast_quantize() and x.device.type == "cpu" and 0 <= zp <= 255:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -197,6 +197,19 @@ class GraphPlan:
             fq.to(layer.weight.device)
             container.quantizers[p.name] = fq
             out.setdefault(p.layer, []).append(fq)
+        # the range of each fused layer's output before its residual add: not used by the torch
+        # model, but an ONNX export can quantize there, the form onnxruntime fuses best
+        modules = dict(model.named_modules())
+        for g in find_groups(self.graph, modules, set(self.visible), self.fuse_residual).values():
+            if g.kind != "layer" or g.add is None:
+                continue
+            name = str(g.layer.target)
+            layer = modules[name]
+            fq = make_activation_quant(config, name, geometry=layer.geometry, arange=arange)  # type: ignore[arg-type]
+            fq.to(layer.weight.device)  # type: ignore[arg-type]
+            container.export_ranges[g.layer.name] = fq
+            out.setdefault(name, []).append(fq)
+            layer.observe_output_with(fq)  # type: ignore[operator]
         insert_points(self.graph, points)
         container.bind(model, self.graph)
         return out
@@ -364,11 +377,19 @@ class QuantGraph(nn.Module):
         converted: the bound graph is the integer graph (after :func:`torchcompress.convert`).
         fuse_residual: residual adds are fused into the convolution before them (else they
             are integer ops of their own).
+        sites: after :func:`torchcompress.convert`, the integer layers of the second and later
+            calls of a layer called several times, named after their graph node.
     """
 
     def __init__(self, leaf_names: list[str] | None = None, *, fuse_residual: bool = True) -> None:
         super().__init__()
         self.quantizers = nn.ModuleDict()
+        #: the integer layers of the second and later calls of a layer the graph calls several
+        #: times (each with its own activation ranges; weights shared with the layer itself)
+        self.sites = nn.ModuleDict()
+        #: export-only ranges: the output of each layer with a fused residual add, before the add
+        #: (named after the layer's graph node; see :func:`torchcompress.export_onnx`)
+        self.export_ranges = nn.ModuleDict()
         self.leaf_names = list(leaf_names or [])
         self.fuse_residual = fuse_residual
         self.converted = False

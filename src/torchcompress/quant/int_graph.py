@@ -57,6 +57,14 @@ class _QP:
         return self.qmax - self.qmin
 
 
+def _fits_u8(fq: FakeQuantize | None) -> bool:
+    """Whether the quantizer's integers fit the integer graph's uint8 storage (at most 256 levels).
+
+    Wider formats (16-bit activations) stay float between layers, fake-quantized exactly as in the
+    fake-quant model, and the layers around them run with float inputs or outputs."""
+    return fq is not None and int(fq.quant_max) - int(fq.quant_min) <= 255
+
+
 def _qp_of(fq: FakeQuantize) -> _QP:
     return _QP(
         float(fq.scale.detach().reshape(-1)[0]),
@@ -105,10 +113,14 @@ def build_integer_graph(model: nn.Module, graph: fx.Graph, *, configure: bool = 
         m = module_of(node, modules)
         return m if isinstance(m, FakeQuantize) else None
 
+    # a layer the graph calls several times: one integer layer per call (their activation
+    # ranges differ), the later ones in the container's ``sites``, sharing the weights
+    originals = {str(g.layer.target): modules[str(g.layer.target)] for g in groups.values()}
+    called: set[str] = set()
     out_fq: dict[fx.Node, fx.Node] = {}  # group tail -> its output quantizer node
     for g in groups.values():
         for u in g.tail.users:
-            if fq_of(u) is not None and str(u.target).endswith(f".output_{g.layer.name}"):
+            if _fits_u8(fq_of(u)) and str(u.target).endswith(f".output_{g.layer.name}"):
                 out_fq[g.tail] = u
     new = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
@@ -132,6 +144,10 @@ def build_integer_graph(model: nn.Module, graph: fx.Graph, *, configure: bool = 
             new.output(fx.map_arg(node.args[0], as_float))
             continue
         fq = fq_of(node)
+        if fq is not None and not _fits_u8(fq):
+            # too wide for uint8 storage: the fake-quant model's own float arithmetic
+            env[node] = new.node_copy(node, as_float)
+            continue
         if fq is not None:
             src = node.args[0]
             p = _qp_of(fq)
@@ -157,26 +173,47 @@ def build_integer_graph(model: nn.Module, graph: fx.Graph, *, configure: bool = 
                 continue
             x_old = g.layer.args[0]
             name = str(g.layer.target)
+            # a residual operand too wide for uint8 is float: the add (and the activation after
+            # it) run in float after the layer, as in the fake-quant model
+            fused = g.other is None or g.other in qp
+            if not fused:
+                out_fq.pop(node, None)
             ofq_node = out_fq.get(node)
+            first_call = name not in called
+            called.add(name)
+            call_name = name if first_call else f"{GRAPH_ATTR}.sites.{g.layer.name}"
             if configure:
-                layer = modules[name]
+                layer = originals[name]
                 in_fq = _producer_fq(x_old, modules, qp)
-                acc_fq = _producer_fq(g.other, modules, qp) if g.other is not None else None
+                acc_fq = (
+                    _producer_fq(g.other, modules, qp) if g.other is not None and fused else None
+                )
                 ofq = fq_of(ofq_node) if ofq_node is not None else None
                 int_layer = IntLayer.from_quant(
                     layer,  # type: ignore[arg-type]
                     input_fq=in_fq,
                     output_fq=ofq,
                     accum_fq=acc_fq,
-                    unary=g.act_kind,
+                    unary=g.act_kind if fused else None,
                     graph_mode=True,
                 )
-                set_module(model, name, int_layer)
-                modules[name] = int_layer
+                if first_call:
+                    set_module(model, name, int_layer)
+                else:
+                    getattr(model, GRAPH_ATTR).sites[g.layer.name] = int_layer
+                modules[call_name] = int_layer
+            if not first_call:
+                _share_weights(modules[call_name], modules[name], name)
             args: tuple[Any, ...] = (env[x_old],)
-            if g.other is not None:
+            if g.other is not None and fused:
                 args = (*args, env[g.other])
-            env[node] = new.call_module(name, args)
+            if fused:
+                env[node] = new.call_module(call_name, args)
+            else:
+                env[g.layer] = new.call_module(call_name, args)
+                for n in (g.add, g.act):
+                    if n is not None:
+                        env[n] = new.node_copy(n, as_float)
             if ofq_node is not None:
                 qp[node] = _qp_of(fq_of(ofq_node))  # type: ignore[arg-type]
             continue
@@ -218,10 +255,15 @@ def _mark_inplace_accum(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
         safe = True
         a = node.args[1]
         seen = 0
+        # the kernel reads its input while it writes the sum: never into the input's memory
+        # (``relu(conv(h) + h)`` passes one tensor as both)
+        input_chain = _alias_chain(node.args[0], modules)
         while isinstance(a, fx.Node) and seen < 1000:
             seen += 1
-            if a.op == "placeholder" or any(
-                order[u] > order[node] for u in a.users if u is not node
+            if (
+                a.op == "placeholder"
+                or a in input_chain
+                or any(order[u] > order[node] for u in a.users if u is not node)
             ):
                 safe = False
                 break
@@ -237,6 +279,30 @@ def _mark_inplace_accum(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
         ok[name] = ok.get(name, True) and safe
     for name, v in ok.items():
         modules[name].accum_inplace_ok = v  # type: ignore[union-attr]
+
+
+def _share_weights(site: nn.Module, layer: nn.Module, name: str) -> None:
+    """Let the integer layer of a later call use the first call's (``name``) weight tensors."""
+    for key in ("qweight", "weight_scale", "weight_zero_point", "bias"):
+        t = layer._buffers.get(key)
+        if t is not None and key in site._buffers:
+            site._buffers[key] = t
+    site.weights_of = name  # type: ignore[assignment]
+
+
+def _alias_chain(node: Any, modules: dict[str, nn.Module]) -> set[fx.Node]:
+    """``node`` and the values it may be a view of (up to a freshly made tensor)."""
+    out: set[fx.Node] = set()
+    while isinstance(node, fx.Node) and node not in out and len(out) < 1000:
+        out.add(node)
+        if node.op == "call_function" and node.target in (quantize_u8, requantize_u8):
+            break
+        if node.op == "call_module" and isinstance(modules.get(str(node.target)), IntLayer):
+            break
+        if not node.args:
+            break
+        node = node.args[0]
+    return out
 
 
 def _producer_fq(

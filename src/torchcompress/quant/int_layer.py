@@ -27,10 +27,31 @@ from . import functional as QF
 from .geometry import geometry_repr, symmetric_padding
 from .modules import FakeQuantize, QuantizedModule, QuantLayer, _keep_float32
 
-__all__ = ["KERNELS", "DequantKernel", "IntLayer", "Kernel", "select_kernel"]
+__all__ = [
+    "KERNELS",
+    "RUNTIMES",
+    "RUNTIME_KERNELS",
+    "DequantKernel",
+    "IntLayer",
+    "Kernel",
+    "select_kernel",
+]
 
 #: name -> kernel class, tried in registration order (see :mod:`torchcompress.quant.kernels`)
 KERNELS: Registry[type[Kernel]] = Registry("kernel")
+
+#: name -> kernel class of the low-bit runtime modes of weight-only layers (see :data:`RUNTIMES`
+#: and :mod:`~torchcompress.quant.lowbit`), tried after :data:`KERNELS`
+RUNTIME_KERNELS: Registry[type[Kernel]] = Registry("runtime kernel")
+
+#: How a layer without an integer kernel for its activations (weight-only layers, and the other
+#: dequantizing fallbacks) runs (see :func:`torchcompress.convert`): ``"cache"`` dequantizes the
+#: weights on the first call and keeps them (float speed, float weights in memory at run time,
+#: low-bit on disk); ``"lowbit"`` keeps only the low-bit weights in memory and runs the device's
+#: low-bit kernel where one exists (CUDA: int4 tinygemm), else dequantizes at every call;
+#: ``"w4a8"`` (CPU, opt-in, approximate) unpacks the weights once to int8 and runs fbgemm's int8
+#: GEMM with activations quantized per call (dynamic, per tensor).
+RUNTIMES = ("cache", "lowbit", "w4a8")
 
 
 class Kernel:
@@ -68,6 +89,10 @@ class Kernel:
 
     def __call__(self, m: IntLayer, x: Tensor, accum: Tensor | None) -> Tensor:
         raise NotImplementedError
+
+    def extra_bytes(self) -> int:
+        """Bytes the kernel keeps besides the layer's state (pre-packed or cached weights)."""
+        return 0
 
     @classmethod
     def kind_reason(cls, m: IntLayer) -> str | None:
@@ -113,6 +138,8 @@ class IntLayer(QuantizedModule):
             ``bits``), or ``None`` (weight-only).
         out: the integer output range (``qmin``, ``qmax``) when the output stays integer.
         unary: ``"relu"`` / ``"relu6"`` fused after the layer (and after the residual add).
+        runtime: how the layer runs where no integer kernel takes its activations (weight-only
+            layers): one of :data:`RUNTIMES`.
     """
 
     def __init__(
@@ -128,11 +155,14 @@ class IntLayer(QuantizedModule):
         graph_mode: bool = False,
         fuse_siblings: bool = True,
         source: str = "",
+        runtime: str = "cache",
         bias_dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         self.geometry = geometry
+        #: the runtime mode of a layer without an integer kernel (see :data:`RUNTIMES`)
+        self.runtime = runtime
         self.wfmt = wfmt
         self.act = act
         self.out = out
@@ -191,6 +221,9 @@ class IntLayer(QuantizedModule):
         #: set by the integer graph: the residual operand is not used after this layer, so the
         #: kernel may accumulate into it in place
         self.accum_inplace_ok = False
+        #: the layer whose weight tensors this one shares (a later call of a layer the graph
+        #: calls several times), or ``""``
+        self.weights_of = ""
         self._kernel: Kernel | None = None
         self._kernel_reasons: list[str] = []
         self._qp: dict[str, tuple[float, int]] = {}
@@ -435,14 +468,33 @@ class IntLayer(QuantizedModule):
         k = self.kernel
         if isinstance(k, DequantKernel):
             reason = _main_reason(self._kernel_reasons)
-            if self.act is None:
+            if self.act is None and not (self.runtime == "w4a8" and reason):
                 reason = "weight-only: float activations have no integer kernel"
-            return f"{k.note} ({reason})" if reason else k.note
+            note = k.note
+            if self.wfmt is not None:
+                note += " once, then cached in float" if k.cache else " at every call"
+                reason = f"runtime={self.runtime!r}" + (f"; {reason}" if reason else "")
+            return f"{note} ({reason})" if reason else note
         return k.note
 
+    def set_runtime(self, runtime: str) -> None:
+        """Choose the runtime mode (:data:`RUNTIMES`); the kernel is chosen again on next use."""
+        self.runtime = runtime
+        self._kernel = None
+
+    def runtime_bytes(self) -> int:
+        """Bytes the layer holds in memory once it has run: its state plus what its kernel keeps
+        (a cached float weight, pre-packed integer weights)."""
+        k = self._kernel
+        return self.stored_bytes() + (k.extra_bytes() if k is not None else 0)
+
     def stored_bytes(self) -> int:
-        """Bytes of the layer's state (what is saved)."""
-        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+        """Bytes of the layer's state (what is saved; weights shared with another layer, see
+        ``weights_of``, are counted there)."""
+        shared = {"qweight", "weight_scale", "weight_zero_point", "bias"} if self.weights_of else ()
+        return sum(
+            t.numel() * t.element_size() for k, t in self.state_dict().items() if k not in shared
+        )
 
     def extra_repr(self) -> str:
         geo = geometry_repr(self.geometry)
@@ -505,31 +557,85 @@ class DequantKernel(Kernel):
     def supports(cls, m: IntLayer, device: torch.device) -> str | None:
         return None
 
+    def __init__(self, m: IntLayer) -> None:
+        super().__init__(m)
+        #: keep the dequantized weights after the first call (every runtime but ``"lowbit"``)
+        self.cache = m.wfmt is not None and m.runtime != "lowbit"
+        self._cached: dict[torch.dtype, tuple[tuple[int, ...], Tensor, Tensor | None]] = {}
+        #: a weight-only layer with nothing fused: float input -> the float layer's own op
+        self.plain = (
+            self.cache and m.act is None and m.out is None and not m.has_accum and not m.unary
+        )
+        self.kind = m.geometry.layer_kind
+
+    def weights(self, m: IntLayer, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+        """The float weight and bias in ``dtype`` (dequantized again if the state changed)."""
+        if not self.cache:
+            return m.dequantized_weight().to(dtype), None if m.bias is None else m.bias.to(dtype)
+        key = _state_key(m)
+        hit = self._cached.get(dtype)
+        if hit is None or hit[0] != key:
+            with torch.no_grad():
+                w = m.dequantized_weight().to(dtype).contiguous()
+                b = None if m.bias is None else m.bias.to(dtype)
+            hit = self._cached[dtype] = (key, w, b)
+        return hit[1], hit[2]
+
+    def extra_bytes(self) -> int:
+        return sum(w.numel() * w.element_size() for _, w, _ in self._cached.values())
+
     def __call__(self, m: IntLayer, x: Tensor, accum: Tensor | None) -> Tensor:
+        if self.plain and accum is None:  # the common weight-only case, with little overhead
+            hit = self._cached.get(x.dtype)
+            if hit is not None and hit[0] == _state_key(m):
+                return self.kind.forward(m.geometry, x, hit[1], hit[2])
         dtype = x.dtype if x.is_floating_point() else m.float_dtype
         xf = m.simulate_input(x)
-        w = m.dequantized_weight().to(xf.dtype)
-        b = None if m.bias is None else m.bias.to(xf.dtype)
+        w, b = self.weights(m, xf.dtype)
         y = layer_forward(m.geometry, xf, w, b)
         if accum is not None:
             acs, acz = m.accum_qparams()
             y = y + QF.dequantize_u8(accum, acs, acz).to(y.dtype)
         y = m.apply_unary(y)
         if m.out is not None:
+            lo, hi = int(m.out["qmin"]), int(m.out["qmax"])
+            if hi - lo > 255:  # wider than the uint8 storage: stays float, fake-quantized
+                y = QF.fake_quantize(y, m.output_scale, m.output_zero_point, lo, hi)
+                return y if y.dtype == dtype else y.to(dtype)
             os_, oz = m.out_qparams()
-            return QF.quantize_u8(y, os_, oz, int(m.out["qmax"]) - int(m.out["qmin"]))  # type: ignore[index]
+            return QF.quantize_u8(y, os_, oz, hi - lo)
         return y if y.dtype == dtype else y.to(dtype)
 
 
+def _state_key(m: IntLayer) -> tuple[int, ...]:
+    """Identifies the state the weights are dequantized from (changes when a tensor is replaced
+    or written in place, e.g. by ``load_state_dict``)."""
+    b = m._buffers  # (not the module's attribute lookup: this runs at every call)
+    q, s, z, bias = b["qweight"], b["weight_scale"], b["weight_zero_point"], b.get("bias")
+    return (
+        id(q),
+        q._version,
+        id(s),
+        s._version,
+        id(z),
+        z._version,
+        id(bias),
+        -1 if bias is None else bias._version,
+    )
+
+
 def select_kernel(m: IntLayer, device: torch.device) -> tuple[Kernel, list[str]]:
-    """The first registered kernel that supports ``m`` on ``device`` (else :class:`DequantKernel`).
+    """The first registered kernel (:data:`KERNELS`, then :data:`RUNTIME_KERNELS`) that supports
+    ``m`` on ``device`` (else :class:`DequantKernel`).
 
     Returns:
         ``(kernel, reasons)``: the built kernel, and why each earlier kernel did not apply.
     """
     reasons: list[str] = []
-    for name in KERNELS:
-        cls = KERNELS.get(name)
+    for name, cls in [
+        *((n, KERNELS.get(n)) for n in KERNELS),
+        *((n, RUNTIME_KERNELS.get(n)) for n in RUNTIME_KERNELS),
+    ]:
         why = cls.supports(m, device)
         if why is None:
             try:

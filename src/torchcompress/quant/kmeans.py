@@ -139,12 +139,17 @@ class KMeansLayer(QuantizedModule):
         bits: int,
         *,
         source: str = "",
+        runtime: str = "cache",
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         self.geometry = geometry
         self.bits = int(bits)
+        #: ``"cache"``: look the weights up on the first call and keep them (float speed, float
+        #: weights in memory at run time); ``"lowbit"``: look them up at every call
+        self.runtime = "lowbit" if runtime == "lowbit" else "cache"
+        self._cached: dict[tuple[torch.device, torch.dtype], tuple[tuple[int, ...], Tensor]] = {}
         self.source = source or geometry.kind
         numel = 1
         for s in self.weight_shape:
@@ -173,15 +178,57 @@ class KMeansLayer(QuantizedModule):
         idx = QF.unpack_int(self.indices, self.bits, 0, self.numel).long()
         return self.codebook[idx].reshape(self.weight_shape)
 
+    def set_runtime(self, runtime: str) -> None:
+        """``"cache"`` or ``"lowbit"`` (``"w4a8"`` has no codebook kernel: cached)."""
+        self.runtime = "lowbit" if runtime == "lowbit" else "cache"
+        self._cached = {}
+
+    def _float_weight(self, dtype: torch.dtype) -> Tensor:
+        if self.runtime == "lowbit":
+            return self.weight.to(dtype)
+        b = self._buffers  # (not the module's attribute lookup: this runs at every call)
+        idx, cb = b["indices"], b["codebook"]
+        key = (id(idx), idx._version, id(cb), cb._version)
+        where = (idx.device, dtype)
+        hit = self._cached.get(where)
+        if hit is None or hit[0] != key:
+            with torch.no_grad():
+                hit = self._cached[where] = (key, self.weight.to(dtype).contiguous())
+        return hit[1]
+
+    def runtime_bytes(self) -> int:
+        """Bytes held in memory once the layer has run (its state plus a cached float weight)."""
+        state = sum(t.numel() * t.element_size() for t in self.state_dict().values())
+        return state + sum(w.numel() * w.element_size() for _, w in self._cached.values())
+
     def forward(self, x: Tensor) -> Tensor:
-        w = self.weight.to(x.dtype)
-        b = None if self.bias is None else self.bias.to(x.dtype)
+        w = self._float_weight(x.dtype)
+        b = self._buffers.get("bias")
+        if b is not None and b.dtype != x.dtype:
+            b = b.to(x.dtype)
         return layer_forward(self.geometry, x, w, b)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> KMeansLayer:
+        self._cached = {}
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_cached"] = {}
+        return state
+
+    def runtime_note(self) -> str:
+        """How the weights are looked up at run time."""
+        if self.runtime == "lowbit":
+            return "dequantized on the fly at every call (codebook lookup; runtime='lowbit')"
+        return (
+            "dequantized on the fly once, then cached in float (codebook lookup; runtime='cache')"
+        )
 
     def extra_repr(self) -> str:
         return (
             f"{self.source} {tuple(self.weight_shape)}, {self.bits}-bit codebook "
-            f"({2**self.bits} centroids): dequantized on the fly (codebook lookup)"
+            f"({2**self.bits} centroids): {self.runtime_note()}"
         )
 
 
@@ -228,6 +275,7 @@ def kmeans_quantize(
     seed: int = 0,
     max_batches: int | None = None,
     progress: bool | None = None,
+    runtime: str = "cache",
 ) -> nn.Module:
     """Replace each layer's weights by a per-layer codebook of ``2^bits`` centroids (k-means).
 
@@ -245,6 +293,10 @@ def kmeans_quantize(
         seed: initialisation seed.
         max_batches: calibration batches used at most.
         progress: show a progress bar.
+        runtime: ``"cache"`` (look the weights up once and keep them: float speed, float weights
+            in memory at run time) or ``"lowbit"`` (look them up at every call); the file keeps
+            the indices either way. Switch later with
+            :func:`torchcompress.quant.set_runtime`.
 
     Returns:
         ``model``, with :class:`KMeansLayer` s.
@@ -262,6 +314,8 @@ def kmeans_quantize(
     forms.check(model, "kmeans_quantize", include=include, exclude=exclude)
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
         raise ConfigError(f"kmeans_quantize: bits={bits!r} must be an int from 1 to 8.")
+    if runtime not in ("cache", "lowbit"):
+        raise ConfigError(f"kmeans_quantize: runtime={runtime!r} must be 'cache' or 'lowbit'.")
     if weighted is True:
         weighted = "activation"
     if weighted not in (False, "activation", "magnitude"):
@@ -304,6 +358,7 @@ def kmeans_quantize(
             dataclasses.replace(geo, bias=isinstance(bias, Tensor)),
             bits,
             source=source_name(old),
+            runtime=runtime,
             dtype=w.dtype,
             device=w.device,
         )

@@ -389,7 +389,15 @@ class QuantLayer(QuantizedModule):
         y = self._op(x, self.quantized_weight())
         if self.output_quant is not None:
             y = self.output_quant(y)
+        obs = self.__dict__.get("_output_observer")
+        if obs is not None and obs.observing:
+            obs.observe(y.detach())
         return y
+
+    def observe_output_with(self, fq: FakeQuantize) -> None:
+        """Feed the layer's output to ``fq`` while it observes, without applying it (a range only
+        an export uses; ``fq`` belongs to another module, e.g. the graph's container)."""
+        self.__dict__["_output_observer"] = fq
 
     def finalized(self) -> QuantLayer:
         """The plain fake-quant layer :func:`torchcompress.convert` turns into integers: this layer,
