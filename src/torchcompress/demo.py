@@ -1,104 +1,84 @@
 """The embedded demo behind ``torchcompress demo``.
 
-A real end-to-end run on data that ships with the dependencies: a CIFAR ResNet is trained for a few
-epochs on scikit-learn's handwritten digits (upsampled to 32x32), then each compression family that is
-available is applied to a copy of it. For each variant the demo measures test accuracy, bytes stored,
-MACs and CPU latency (interleaved timing rounds, median ratio to fp32), and prints one table.
+A real end-to-end run on data that ships with the dependencies: the recipe ``recipes/demo.yaml``
+inside the package. A CIFAR ResNet is trained for a few epochs on scikit-learn's handwritten digits
+(reused from the output folder's cache on the next run), then compressed by each family in turn —
+int8 post-training quantization, 4-bit LSQ quantization-aware training, channel pruning with
+fine-tuning and distillation as its recovery (when ``tc.prune_channels`` / ``tc.distill`` are in
+the build), unstructured pruning, low-rank under a params budget, and low-rank followed by int8.
+Every model is measured the same way (test accuracy, params, MACs, stored bytes, CPU latency in
+interleaved rounds with its spread), printed as one table, and written with plots to the output
+folder's ``report.md`` / ``report.json``. Labels are made from the steps that ran, so they say
+exactly what each model is.
+
+``quick`` uses 8x8 images, 3 baseline epochs, one epoch per fine-tuning and fewer timing rounds.
+
+Example:
+    >>> from torchcompress.demo import demo_recipe
+    >>> r = demo_recipe(quick=True)
+    >>> r.steps[2].label(), r.variants[1].label()
+    ('fine-tuned 3 ep', 'BN folded + W8A8 percentile static PTQ + converted')
 """
 
 from __future__ import annotations
 
-import copy
-import importlib.util
-import statistics
+import dataclasses
+import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 from typing import Any, TextIO
 
 import torch
-from torch import nn
 
-__all__ = ["DEMO_STEPS", "DemoContext", "run_demo"]
+__all__ = ["DEMO_RECIPE", "demo_recipe", "run_demo"]
 
-
-@dataclass
-class DemoContext:
-    """What a demo step may use: the data loaders, an example batch, and the fine-tuning budget."""
-
-    train: Any
-    test: Any
-    example: torch.Tensor
-    finetune_epochs: int
+#: The demo's recipe file inside the package.
+DEMO_RECIPE = "recipes/demo.yaml"
 
 
-def _has(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
+def demo_recipe(
+    *,
+    model_name: str = "resnet20",
+    epochs: int | None = None,
+    quick: bool = False,
+    image_size: int | None = None,
+) -> Any:
+    """The demo's :class:`~torchcompress.recipe.Recipe`, adjusted.
 
+    Args:
+        model_name: a ``tc.models`` name for the model step.
+        epochs: baseline training epochs (default: the recipe's 6, or 3 with ``quick``).
+        quick: 8x8 images, one epoch per fine-tuning, fewer timing rounds.
+        image_size: side of the (resized) digit images (default 16, or 8 with ``quick``).
 
-def _fused(model: nn.Module, ctx: DemoContext) -> nn.Module:
-    import torchcompress as tc
+    Raises:
+        ConfigError: an unknown model name or a bad value (before anything runs).
+    """
+    from . import recipe as rc
 
-    return tc.fuse(model.eval())
+    res = resources.files("torchcompress").joinpath(DEMO_RECIPE)
+    r = rc.loads(res.read_text(), source=str(res) if isinstance(res, Path) else None, check=False)
+    size = image_size if image_size is not None else (8 if quick else None)
 
+    def adjust(step: Any, baseline: bool) -> Any:
+        if isinstance(step, rc.ModelStep):
+            return dataclasses.replace(step, name=model_name)
+        if isinstance(step, rc.DataStep) and size is not None:
+            return dataclasses.replace(step, kwargs={**step.kwargs, "image_size": size})
+        if isinstance(step, rc.FinetuneStep):
+            if baseline and (epochs is not None or quick):
+                return dataclasses.replace(step, epochs=epochs if epochs is not None else 3)
+            if not baseline and quick:
+                return dataclasses.replace(step, epochs=1)
+        return step
 
-def _int8(model: nn.Module, ctx: DemoContext) -> nn.Module:
-    import torchcompress as tc
-
-    tc.fuse(model.eval())
-    calib = [x for i, (x, _) in enumerate(ctx.train) if i < 8]
-    tc.quantize(model, tc.QuantConfig(), calib_data=calib)
-    return tc.convert(model)
-
-
-def _pruned(model: nn.Module, ctx: DemoContext) -> nn.Module:
-    import torchcompress as tc
-
-    tc.prune(model, tc.PruneConfig(sparsity=0.7, scope="global"))
-    tc.finetune(model, ctx.train, epochs=ctx.finetune_epochs, lr=0.01)
-    return tc.finalize(model)  # masks baked in: plain dense modules again
-
-
-def _factorized(model: nn.Module, ctx: DemoContext) -> nn.Module:
-    import torchcompress as tc
-
-    tc.factorize(model, tc.LowRankConfig(rank=0.6), exclude=["conv1", "fc"])
-    tc.finetune(model, ctx.train, epochs=ctx.finetune_epochs, lr=0.01)
-    return model
-
-
-#: (label, what it needs importable, step). Steps copy nothing themselves: they get a deep copy.
-DEMO_STEPS: list[tuple[str, str, Callable[[nn.Module, DemoContext], nn.Module]]] = [
-    ("BN folded (tc.fuse)", "torchcompress.fusion", _fused),
-    ("int8 static, converted (tc.quantize + tc.convert)", "torchcompress.quant", _int8),
-    ("70% unstructured, fine-tuned (tc.prune + tc.finalize)", "torchcompress.sparsity", _pruned),
-    ("low-rank 0.6 params, fine-tuned (tc.factorize)", "torchcompress.lowrank", _factorized),
-]
-
-
-def _latency(models: dict[str, nn.Module], x: torch.Tensor, rounds: int) -> dict[str, float]:
-    """Median over interleaved rounds of each model's time relative to the first one."""
-    names = list(models)
-    per: dict[str, list[float]] = {n: [] for n in names}
-    with torch.inference_mode():
-        for m in models.values():
-            m(x)
-        for _ in range(rounds):
-            for n in names:
-                t0 = time.perf_counter()
-                k = 0
-                while True:
-                    models[n](x)
-                    k += 1
-                    dt = time.perf_counter() - t0
-                    if dt > 0.2:
-                        break
-                per[n].append(dt / k)
-    base = names[0]
-    return {n: statistics.median(a / b for a, b in zip(per[n], per[base])) for n in names}
+    r.steps = [adjust(s, True) for s in r.steps]
+    for v in r.variants:
+        v.steps = [adjust(s, False) for s in v.steps]
+    if quick and r.latency is not None:
+        r.latency = dataclasses.replace(r.latency, min_rounds=3, max_rounds=9, round_time=0.05)
+    return rc.validate(r)
 
 
 def run_demo(
@@ -109,79 +89,67 @@ def run_demo(
     threads: int | None = None,
     out: TextIO | None = None,
     quick: bool = False,
-    image_size: int = 16,
+    image_size: int | None = None,
+    out_dir: str | Path | None = None,
+    device: str | torch.device | None = None,
+    say: Any = None,
 ) -> list[dict[str, Any]]:
-    """Run the demo and return its rows (also printed to ``out`` when given).
+    """Run the demo; print the table to ``out``; write the report to ``out_dir``; return the rows.
 
     Args:
         model_name: a ``tc.models`` name.
-        epochs: training epochs of the fp32 model (default 8, or 3 with ``quick``).
+        epochs: training epochs of the baseline (default 6, or 3 with ``quick``).
         seed: for data split, initialisation and training.
         threads: torch CPU threads (default: torch's choice).
-        out: a text stream to print progress and the table to.
-        quick: fewer epochs and timing rounds.
-        image_size: side of the (upsampled) digit images; the originals are 8x8.
+        out: a text stream for the header, the table and its legend (progress lines go there too
+            unless ``say`` is given).
+        quick: 8x8 images, shorter training, fewer timing rounds.
+        image_size: side of the digit images (default 16, or 8 with ``quick``).
+        out_dir: the output folder (report, plots, cached baseline); default: a temporary folder.
+        device: where the models train and run (default CPU).
+        say: called with each progress line (default: printed to ``out``).
+
+    Returns:
+        One dict per model (``variant``, ``accuracy``, ``params``, ``macs``, ``effective_macs``,
+        ``bytes``, ``latency`` relative to the baseline, ``latency_spread``, ...), baseline first.
     """
     import torchcompress as tc
 
-    def say(msg: str) -> None:
+    from .report import text_table
+
+    def echo(msg: str) -> None:
         if out is not None:
             print(msg, file=out, flush=True)
 
+    recipe = demo_recipe(model_name=model_name, epochs=epochs, quick=quick, image_size=image_size)
     if threads:
         torch.set_num_threads(threads)
-    tc.seed_everything(seed)
-    epochs = epochs if epochs is not None else (3 if quick else 6)
-    train, test = tc.data.digits(batch_size=64, image_size=image_size, seed=seed)
-    example = next(iter(test))[0][:1]
-    ctx = DemoContext(train=train, test=test, example=example, finetune_epochs=1 if quick else 2)
-
-    say(
-        f"torchcompress {tc.__version__} demo: {model_name} on scikit-learn digits ({image_size}x{image_size}, {len(train.dataset)} train / {len(test.dataset)} test images)"
+    folder = (
+        Path(out_dir)
+        if out_dir is not None
+        else Path(tempfile.mkdtemp(prefix="torchcompress-demo-"))
     )
-    model = tc.models.create(model_name)
+    data_step = next(s for s in recipe.steps if s.kind == "data")
+    size = data_step.kwargs.get("image_size", 32)
+    echo(
+        f"torchcompress {tc.__version__} demo: {model_name} on scikit-learn digits ({size}x{size}), "
+        f"{torch.get_num_threads()} CPU threads; report in {folder}"
+    )
     t0 = time.perf_counter()
-    tc.finetune(model, train, epochs=epochs, lr=0.05)
-    say(f"trained fp32 for {epochs} epochs in {time.perf_counter() - t0:.0f} s")
-    model.eval()
-
-    variants: dict[str, nn.Module] = {"fp32": model}
-    for label, needs, step in DEMO_STEPS:
-        if not _has(needs):
-            continue
-        t0 = time.perf_counter()
-        variants[label] = step(copy.deepcopy(model), ctx).eval()
-        say(f"{label}: {time.perf_counter() - t0:.1f} s")
-
-    ratios = _latency(variants, torch.cat([example] * 32), rounds=3 if quick else 7)
-    rows: list[dict[str, Any]] = []
-    for label, m in variants.items():
-        acc = tc.evaluate(m, test)["accuracy"]
-        prof = tc.profile(m, example)
-        rows.append(
-            {
-                "variant": label,
-                "accuracy": acc,
-                "bytes": prof.total_bytes,
-                "macs": prof.total_macs,
-                "effective_macs": prof.total_effective_macs,
-                "latency": ratios[label],
-            }
-        )
-    say("")
-    w = max(len("variant"), *(len(r["variant"]) for r in rows))
-    say(
-        f"{'variant':{w}s} {'test acc':>8s} {'size':>10s} {'MACs':>9s} {'eff. MACs':>9s} {'latency':>8s}"
+    result = tc.recipe.run(recipe, folder, seed=seed, device=device, say=say or echo)
+    rows = result.rows()
+    echo("")
+    echo(text_table(rows))
+    echo("")
+    echo(
+        "accuracy on the 450 test digits; params, MACs (multiply-accumulates per image) and stored "
+        "bytes relative to the baseline; eff. MACs: those a sparsity-aware kernel would run; latency: "
+        f"batch-{recipe.latency.batch_size if recipe.latency else '-'} CPU time relative to the "
+        "baseline, median of interleaved rounds ± half their interquartile range. Dense kernels gain "
+        "no speed from unstructured sparsity."
     )
-    for r in rows:
-        say(
-            f"{r['variant']:{w}s} {100 * r['accuracy']:7.1f}% {r['bytes'] / 1024:8.0f}KB "
-            f"{r['macs'] / 1e6:8.1f}M {r['effective_macs'] / 1e6:8.1f}M {r['latency']:7.2f}x"
-        )
-    say("")
-    say(
-        "size = bytes stored; MACs = multiply-accumulates the kernels run per image; eff. MACs = those a "
-        "sparsity-aware kernel would need; latency = batch-32 CPU time relative to fp32 (median of "
-        "interleaved rounds). Dense kernels gain no speed from unstructured sparsity."
-    )
+    for b in result.branches:
+        if b.skipped:
+            echo(f"not run: {b.label}: {b.skipped}")
+    echo(f"done in {time.perf_counter() - t0:.0f} s; report: {folder / 'report.md'}")
     return rows

@@ -297,6 +297,37 @@ def test_item10_save_into_a_missing_folder(tmp_path) -> None:
     assert not os.path.exists(tmp_path / "missing")
 
 
+def test_item10_export_onnx_into_a_missing_folder(tmp_path) -> None:
+    pytest.importorskip("onnx")
+    q = tc.quantize(_mlp(), tc.QuantConfig(mode="dynamic"))
+    with pytest.raises(PathNotFoundError, match="does not exist; create it"):
+        tc.export_onnx(q, torch.randn(1, 8), tmp_path / "missing" / "m.onnx")
+    with pytest.raises(PathNotFoundError, match="is a folder"):
+        tc.export_onnx(q, torch.randn(1, 8), tmp_path)
+    assert not os.path.exists(tmp_path / "missing")
+
+
+def test_item10_convert_names_every_uncalibrated_layer() -> None:
+    from torchcompress.quant.modules import FakeQuantize
+
+    q = tc.quantize(_mlp(), tc.QuantConfig(weight=tc.IntSpec(8), mode="dynamic"))
+    layers = [n for n, m in q.named_modules() if isinstance(m, FakeQuantize)]
+    assert len(layers) >= 2
+    for m in q.modules():
+        if isinstance(m, FakeQuantize):
+            m.calibrated = False  # as if the ranges had never been observed
+    before = copy.deepcopy(q.state_dict())
+    types = [type(m) for m in q.modules()]
+    with pytest.raises(tc.errors.CompressionStateError, match="never calibrated") as err:
+        tc.convert(q)
+    owners = {n.rpartition(".")[0] for n in layers}
+    for owner in owners:
+        assert repr(owner) in str(err.value), (owner, str(err.value))
+    assert [type(m) for m in q.modules()] == types
+    for k, v in q.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
 def test_item10_a_pattern_that_fits_several_layers_names_them_all() -> None:
     m = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
     with pytest.raises(ShapeError) as e:

@@ -18,7 +18,7 @@ from .int_graph import build_integer_graph, rebuild
 from .int_layer import RUNTIMES, IntLayer
 from .kmeans import KMeansLayer
 from .lowbit import CudaInt4Kernel, W4A8Kernel  # registers the runtime modes' kernels
-from .modules import QuantLayer
+from .modules import FakeQuantize, QuantLayer
 from .siblings import SiblingGroup, link_siblings
 
 __all__ = [
@@ -107,6 +107,7 @@ def convert(model: nn.Module, *, fuse_siblings: bool = True, runtime: str = "cac
             "config, ...) first."
         )
     container = container_of(model)
+    _check_calibrated(layers)
 
     bound = model.__dict__.get("forward")
     converted = container.converted if container is not None else False
@@ -128,6 +129,23 @@ def convert(model: nn.Module, *, fuse_siblings: bool = True, runtime: str = "cac
     _set_runtime(model, runtime)  # (any k-means layers of the model too)
     io.add_history(model, "convert", {"fuse_siblings": fuse_siblings, "runtime": runtime})
     return model
+
+
+def _check_calibrated(layers: list[tuple[str, QuantLayer]]) -> None:
+    """Name every layer with a quantizer that was never calibrated, all at once, before anything
+    changes (graph-mode activation quantizers are checked where the integer graph is built)."""
+    missing = [
+        name
+        for name, layer in layers
+        for q in (layer.weight_quant, layer.input_quant, layer.output_quant)
+        if isinstance(q, FakeQuantize) and not q.calibrated
+    ]
+    if missing:
+        names = ", ".join(repr(n) for n in dict.fromkeys(missing))
+        raise CompressionStateError(
+            f"Quantizers of {names} were never calibrated; run tc.quantize with calib_data "
+            "(static mode), or train the model prepared for QAT, before tc.convert."
+        )
 
 
 def set_runtime(model: nn.Module, runtime: str) -> nn.Module:

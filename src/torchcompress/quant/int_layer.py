@@ -271,7 +271,8 @@ class IntLayer(QuantizedModule):
             if q is not None and not q.calibrated:
                 raise CompressionStateError(
                     f"A quantizer of {q.name or type(layer).__name__} was never calibrated; run "
-                    "tc.quantize with calib_data (static mode) before tc.convert."
+                    "tc.quantize with calib_data (static mode), or train the model prepared for "
+                    "QAT, before tc.convert."
                 )
         wfmt = None
         if wq is not None:

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import CompressionStateError, ConfigError, DependencyError
+from ..errors import CompressionStateError, ConfigError, DependencyError, PathNotFoundError
 from ..layers import Geometry
 from ..layers import forward as layer_forward
 from ..select import set_module
@@ -544,6 +544,7 @@ def export_onnx(
 
     Raises:
         DependencyError: ``onnx`` is not installed.
+        PathNotFoundError: the folder of ``path`` does not exist, or ``path`` is a folder.
 
     Example:
         >>> import torch, tempfile, os, torchcompress as tc
@@ -558,6 +559,17 @@ def export_onnx(
     except ImportError as e:
         raise DependencyError("export_onnx needs 'onnx': pip install 'torchcompress[onnx]'.") from e
 
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    if not os.path.isdir(folder) or os.path.isdir(os.fspath(path)):
+        raise PathNotFoundError(
+            f"export_onnx cannot write {os.fspath(path)!r}: "
+            + (
+                f"the folder {folder!r} does not exist; create it first "
+                "(os.makedirs(folder, exist_ok=True))."
+                if not os.path.isdir(folder)
+                else "it is a folder; give a file name inside it, e.g. 'model.onnx'."
+            )
+        )
     if opset < 13:
         raise CompressionStateError(
             "export_onnx needs opset 13 or later (per-channel DequantizeLinear)."
