@@ -155,7 +155,7 @@ def test_global_options_before_or_after_the_command(tmp_path: Path, capsys) -> N
         ("steps: [model: resnet20\n", "r.yaml: line 2, column 1: not valid YAML/JSON"),
         (
             "steps: [{model: resnet20}, {quantise: {}}]\n",
-            "unknown step 'quantise' (steps: convert, data, evaluate,",
+            "unknown step 'quantise' (steps: convert, data, distill, evaluate,",
         ),
         ("steps: [{model: resnet20}, {quantize: {observr: mse}}]\n", "Did you mean 'observer' or"),
         ("steps: [{model: 'nopkg.models:build'}]\n", "module 'nopkg.models' does not import"),

@@ -8,7 +8,7 @@ import pytest
 
 import torchcompress as tc
 from torchcompress.errors import ConfigError
-from torchcompress.recipe import STEPS, dumps, load, loads
+from torchcompress.recipe import PLANNED, STEPS, dumps, load, loads
 
 from .conftest import HEAD, MODEL
 
@@ -42,6 +42,7 @@ variants:
       - kmeans_quantize: {bits: 3, iters: 5, weighted: true}
   - steps:
       - prune_channels: {config: {target: {params: 0.5}, round_to: 4, ignore: [fc]}}
+      - distill: {epochs: 1, method: dkd, temperature: 2.0, beta: 4.0, cache: true}
 """
 )
 
@@ -123,10 +124,6 @@ def _error(text: str, source: str = "r.yaml") -> str:
         ),
         ("  - quantize: {}\n  - convert\n  - finetune: {}\n", "fine-tune before convert"),
         ("  - model: resnet20\n", "steps[2] (model): a second model step"),
-        (
-            "  - distill: {epochs: 1}\n",
-            "step 'distill' needs tc.distill (knowledge distillation), which is not in this build",
-        ),
         ("  - save: {path: ''}\n", "save.path must not be empty"),
     ],
 )
@@ -228,14 +225,44 @@ def test_scientific_floats_and_relative_weights(tmp_path: Path) -> None:
     assert load(tmp_path / "r.yaml").steps[0].weights == "w.safetensors"  # found beside the recipe
 
 
-def test_optional_variants_with_planned_steps_are_kept_and_labelled() -> None:
+@pytest.fixture
+def planned_heads(monkeypatch):
+    """A step of the planned surface whose verb is not in this build (a slot in PLANNED)."""
+    monkeypatch.setitem(PLANNED, "prune_heads", "tc.prune_heads (head pruning)")
+
+
+def test_a_planned_step_not_in_this_build_is_named(planned_heads) -> None:
+    assert (
+        "step 'prune_heads' needs tc.prune_heads (head pruning), which is not in this build"
+        in _error(HEAD + "  - prune_heads: {epochs: 1}\n")
+    )
+
+
+def test_optional_variants_with_planned_steps_are_kept_and_labelled(planned_heads) -> None:
     r = loads(
         HEAD
-        + "variants:\n  - optional: true\n    steps: [{distill: {epochs: 2}}, {finetune: {epochs: 1}}]\n"
+        + "variants:\n  - optional: true\n"
+        + "    steps: [{prune_heads: {epochs: 2}}, {finetune: {epochs: 1}}]\n"
     )
     v = r.variants[0]
-    assert v.missing == ["distill"] and v.label() == "distill (not built) + fine-tuned 1 ep"
-    assert "  steps:\n  - distill:\n      epochs: 2\n  - finetune:" in dumps(r)  # where it was
+    assert v.missing == ["prune_heads"] and v.label() == "prune_heads (not built) + fine-tuned 1 ep"
+    assert "  steps:\n  - prune_heads:\n      epochs: 2\n  - finetune:" in dumps(r)
+
+
+def test_the_distill_step_holds_its_method() -> None:
+    r = loads(EVERY_STEP)
+    step = r.variants[-1].steps[-1]
+    assert (step.kind, step.method, step.temperature, step.beta, step.cache) == (
+        "distill",
+        "dkd",
+        2.0,
+        4.0,
+        True,
+    )
+    assert step.distiller().labels == ["ce", "dkd"]
+    assert "distill: method='svd' is not one of ['kd', 'dkd']" in _error(
+        HEAD + "  - quantize: {}\n  - distill: {method: svd}\n"
+    )
 
 
 def test_variant_labels_follow_from_and_ids() -> None:

@@ -176,12 +176,18 @@ def test_an_internal_failure_names_the_step(monkeypatch) -> None:
 
 
 @pytest.fixture
-def fake_distill(monkeypatch):
-    """Stand in for the planned distill step (the slot the lead fills at merge time)."""
+def planned_heads(monkeypatch):
+    """A step of the planned surface whose verb is not in this build (a slot in PLANNED)."""
+    monkeypatch.setitem(PLANNED, "prune_heads", "tc.prune_heads (head pruning)")
+
+
+@pytest.fixture
+def fake_heads(monkeypatch):
+    """Stand in for the planned step once its verb lands (the slot filled)."""
 
     @dataclass(frozen=True)
     class HalveFc(Step):
-        kind = "distill"
+        kind = "prune_heads"
         ratio: float = 0.5
 
         def run(self, ctx: StepContext) -> dict[str, Any]:
@@ -191,8 +197,8 @@ def fake_distill(monkeypatch):
         def label(self) -> str:
             return f"channels x{self.ratio}"
 
-    monkeypatch.setitem(STEPS._entries, "distill", HalveFc)
-    monkeypatch.delitem(PLANNED, "distill")
+    monkeypatch.setitem(STEPS._entries, "prune_heads", HalveFc)
+    monkeypatch.delitem(PLANNED, "prune_heads", raising=False)
     return HalveFc
 
 
@@ -202,14 +208,14 @@ SLOT = (
 variants:
   - id: channels
     optional: true
-    steps: [{distill: {ratio: 0.5}}, {finetune: {steps: 1}}]
+    steps: [{prune_heads: {ratio: 0.5}}, {finetune: {steps: 1}}]
   - from: channels
     steps: [fuse]
 """
 )
 
 
-def test_the_planned_step_slots_skip_until_the_step_exists(fake_distill) -> None:
+def test_the_planned_step_slots_skip_until_the_step_exists(fake_heads) -> None:
     result = run(loads(SLOT))
     assert [b.label for b in result.branches[1:]] == [
         "channels x0.5 + fine-tuned 1 step",
@@ -219,12 +225,12 @@ def test_the_planned_step_slots_skip_until_the_step_exists(fake_distill) -> None
     assert result.branches[1].steps[0].figures["ratio"] == 0.5
 
 
-def test_without_the_planned_step_the_variant_and_its_children_are_skipped() -> None:
-    assert "distill" not in STEPS
+def test_without_the_planned_step_the_variant_and_its_children_are_skipped(planned_heads) -> None:
+    assert "prune_heads" not in STEPS
     result = run(loads(SLOT))
     skipped = [b.skipped for b in result.branches[1:]]
-    assert skipped[0] == "needs tc.distill (knowledge distillation), not in this build"
-    assert skipped[1].startswith("starts from 'distill (not built)")
+    assert skipped[0] == "needs tc.prune_heads (head pruning), not in this build"
+    assert skipped[1].startswith("starts from 'prune_heads (not built)")
     assert len(result.rows()) == 1
 
 
@@ -249,3 +255,32 @@ def test_a_list_of_steps_runs_and_copies_nothing_it_should_not(tmp_path: Path) -
     assert [s.kind for s in result.branches[0].steps] == ["model"]
     assert [s.kind for s in result.branches[1].steps] == ["fuse", "profile", "save"]
     assert result.branches[1].steps[1].figures["totals"]["params"] == result.rows()[1]["params"]
+
+
+def test_the_distill_step_is_finetune_with_the_baseline_as_teacher() -> None:
+    text = HEAD + "  - prune: {sparsity: 0.5, scope: global}\n  - distill: {steps: 3, lr: 0.05}\n"
+    result = run(loads(text))
+    recipe_model = result.branches[-1].model
+
+    tc.seed_everything(0)
+    model = MixedConvNet().eval()
+    train, test = tc.data.digits(image_size=8, batch_size=256)
+    calib = [b for b, _ in zip(train, range(2))]
+    teacher = copy.deepcopy(model)
+    tc.prune(model, tc.PruneConfig(sparsity=0.5, scope="global"), calib)
+    tc.finetune(
+        model, train, steps=3, lr=0.05, progress=False, teacher=teacher, distill=tc.distill.kd()
+    )
+    x = next(iter(test))[0]
+    with torch.no_grad():
+        assert torch.equal(recipe_model.eval()(x), model.eval()(x))
+    assert result.branches[-1].steps[-1].figures["epochs"] == 1
+    # the teacher was the baseline, left as it was
+    with torch.no_grad():
+        assert torch.equal(result.branches[0].model(x), teacher.eval()(x))
+    assert result.rows()[-1]["variant"].endswith("+ distilled 3 steps (kd, T=4)")
+
+
+def test_distill_without_a_compressing_step_before_it_says_what_to_add() -> None:
+    with pytest.raises(ConfigError, match="put a compressing step"):
+        run(loads(HEAD + "  - distill: {steps: 1}\n"))

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 from . import steps_channels as _steps_channels  # noqa: F401
 from . import steps_compress as _steps_compress  # noqa: F401
+from . import steps_distill as _steps_distill  # noqa: F401
 from . import steps_io as _steps_io  # noqa: F401  (registers the steps)
 from .document import LatencyConfig, Recipe, Variant, dump, dumps, load, loads, validate
 from .runner import Branch, InternalStepError, RunResult, StepRecord, run
@@ -65,6 +66,7 @@ from .steps_compress import (
     PruneStep,
     QuantizeStep,
 )
+from .steps_distill import DistillStep
 from .steps_io import DataStep, EvaluateStep, ExportStep, ModelStep, ProfileStep, SaveStep
 
 __all__ = [
@@ -76,6 +78,7 @@ __all__ = [
     "ConvertStep",
     "DataBundle",
     "DataStep",
+    "DistillStep",
     "EvaluateStep",
     "ExportStep",
     "FactorizeStep",

@@ -333,6 +333,7 @@ def run(
     for i, step in enumerate(recipe.steps):
         if compressing and i == compressing[0]:
             reference = copy.deepcopy(ctx.model)
+            ctx.reference = reference  # (the teacher of a distill step in the trunk)
         tag = f"[baseline {i + 1}/{n}]"
         if cached and step.kind not in ("model", "data"):
             rec = StepRecord(

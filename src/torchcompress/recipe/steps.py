@@ -65,7 +65,6 @@ STEPS: Registry[type[Step]] = Registry("step")
 #: class joins :data:`STEPS` when the verb is merged, and its entry leaves this table.
 PLANNED: dict[str, str] = {
     "prune_channels": "tc.prune_channels (structured channel pruning)",
-    "distill": "tc.distill (knowledge distillation)",
 }
 
 
