@@ -36,6 +36,7 @@ ORDER = [
     "prune_cnn",
     "lowrank_minilm",
     "lowrank_cnn",
+    "distill_digits",
 ]
 
 

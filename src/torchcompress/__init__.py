@@ -63,6 +63,9 @@ _EXPORTS: dict[str, str] = {
     "LowRankConfig": "torchcompress.lowrank",
     "factorize": "torchcompress.lowrank",
     "merge_lowrank": "torchcompress.lowrank",
+    # distillation
+    "Distiller": "torchcompress.distill",
+    "DistillConfig": "torchcompress.distill",
 }
 
 # submodules reachable as attributes (tc.models, tc.data, tc.distill, ...)

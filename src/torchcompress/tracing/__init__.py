@@ -11,6 +11,9 @@
   adds, reshapes, permutations, indexing, concatenation, split, pooling, reductions, matrix
   products, attention, ops exact on integers, non-tensor calls), for fx nodes, recorded ops and
   modules; registrable (the built-in entries live in :mod:`~torchcompress.tracing.op_table`).
+- :func:`capture_outputs` / :class:`OutputCapture`: the outputs of named modules, forward by
+  forward, with their autograd graph (distillation's features; any client that needs "the output
+  of ``layer2`` for this batch"), and :func:`check_module_names` (did-you-mean errors).
 
 Used by fusion, quantization planning, QAT's activation origins, the profiler, and the
 channel-pruning dependency graph.
@@ -28,6 +31,7 @@ Example:
 from __future__ import annotations
 
 from . import op_table as _op_table  # noqa: F401  (fills OPS with torch's ops)
+from .capture import OutputCapture, capture_outputs, check_module_names
 from .ops import (
     ACTIVATION,
     ADD,
@@ -118,11 +122,14 @@ __all__ = [
     "OpCall",
     "OpEvent",
     "OpTaxonomy",
+    "OutputCapture",
     "Recorder",
     "Source",
     "TensorUse",
     "Traced",
     "Tracer",
+    "capture_outputs",
+    "check_module_names",
     "flat_tensors",
     "is_registered_leaf",
     "register_leaf",

@@ -3,7 +3,8 @@
 - :func:`evaluate`: top-1 (and top-k) accuracy and mean loss of a model on any iterable of batches,
   under ``torch.no_grad``, restoring every submodule's train/eval mode afterwards.
 - :func:`finetune`: optimizer and learning-rate schedule by name (or your own), warmup, gradient
-  clipping, regularizer terms, callbacks, an optional teacher for distillation, per-epoch evaluation,
+  clipping, regularizer terms, callbacks, an optional teacher for distillation (``distill=``, see
+  :class:`Distillation`), per-epoch evaluation,
   logging and a progress bar. Launched by ``torchrun`` (or with ``ddp=True``) it wraps the model in
   ``DistributedDataParallel``, shards the data across ranks and averages the metrics.
 - :func:`seed_everything`, :class:`Callback`, :class:`TrainState`.
@@ -16,6 +17,7 @@ The package: :mod:`~torchcompress.train.callbacks` (the light part the families 
 :mod:`~torchcompress.train.losses` (logits, the default loss, top-k correctness),
 :mod:`~torchcompress.train.optim` (optimizers and schedules by name),
 :mod:`~torchcompress.train.distributed` (DDP and sharding),
+:mod:`~torchcompress.train.distillation` (the ``distill=`` protocol a teacher's loss follows),
 :mod:`~torchcompress.train.evaluation`, :mod:`~torchcompress.train.finetuning` and
 :mod:`~torchcompress.train.loop`.
 
@@ -39,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     "OPTIMIZERS": "optim",
     "SCHEDULERS": "optim",
     "Callback": "callbacks",
+    "Distillation": "distillation",
     "LambdaCallback": "callbacks",
     "TrainState": "callbacks",
     "default_loss": "losses",
@@ -54,6 +57,7 @@ __all__ = [
     "OPTIMIZERS",
     "SCHEDULERS",
     "Callback",
+    "Distillation",
     "LambdaCallback",
     "TrainState",
     "default_loss",
@@ -80,6 +84,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .callbacks import Callback, LambdaCallback, TrainState, training_history
+    from .distillation import Distillation
     from .environment import seed_everything
     from .evaluation import evaluate
     from .finetuning import finetune

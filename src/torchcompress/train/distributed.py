@@ -62,6 +62,34 @@ class Dist:
         dist.all_reduce(t)
         return t.to(dev)
 
+    def broadcast(self, tensors: list[torch.Tensor], src: int = 0) -> None:
+        """Give every rank rank ``src``'s values of ``tensors`` (in place; nothing without DDP)."""
+        if not self.active or not tensors:
+            return
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            for t in tensors:
+                if dist.get_backend() == "gloo" and t.device.type != "cpu":
+                    tmp = t.detach().cpu()
+                    dist.broadcast(tmp, src)
+                    t.copy_(tmp)
+                else:
+                    dist.broadcast(t.data, src)
+
+    def average_grads(self, params: list[torch.Tensor]) -> None:
+        """Average the gradients of ``params`` over the ranks (a missing gradient counts as 0)."""
+        if not self.active or not params:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = self.all_reduce_sum(flat) / self.world_size
+        offset = 0
+        for p, g in zip(params, grads):
+            n = g.numel()
+            p.grad = flat[offset : offset + n].view_as(p).to(p.dtype)
+            offset += n
+
 
 _DESTROY_REGISTERED = False
 

@@ -17,17 +17,19 @@ from __future__ import annotations
 import logging
 import math
 import os
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..batches import Batch, count_batches
+from ..batches import Batch, as_batch, count_batches
 from ..errors import ConfigError, DataError, check_range
 from ..io import add_history
 from ..progress import progress_enabled
 from .callbacks import Callback, TrainState, as_callbacks
+from .distillation import Distillation, check_distillation, peek_first
 from .distributed import env_world_size, setup_dist, shard, unwrap
 from .environment import model_device, resolve_device
 from .evaluation import check_loss_fn
@@ -80,6 +82,7 @@ def finetune(
     loss_fn: LossFn | str | None = None,
     teacher: nn.Module | None = None,
     distill_loss: Callable[[Any, Any, Any], torch.Tensor] | None = None,
+    distill: Distillation | None = None,
     regularizer: Regularizer | Sequence[Regularizer] | None = None,
     callbacks: Sequence[Callback] | Callback = (),
     eval_data: Any = None,
@@ -91,7 +94,7 @@ def finetune(
 ) -> nn.Module:
     """Train ``model`` on ``data`` with a plain loop, in place, and return it.
 
-    Each optimizer step: forward, loss (``loss_fn``, or with a ``teacher`` the ``distill_loss``),
+    Each optimizer step: forward, loss (``loss_fn``, or with a ``teacher`` the distillation loss),
     plus every ``regularizer(model)`` term, backward, optional gradient-norm clipping, optimizer step,
     scheduler step. The model trains in train mode and comes back with every submodule in the mode it
     came in. Per-epoch records (train loss, learning rate, evaluation on ``eval_data``) are logged
@@ -130,10 +133,19 @@ def finetune(
             model, on the next token, as its own loss: see :func:`evaluate`), ``"model"`` for the
             ``.loss`` a model returns given dict batches with ``"labels"``, or
             ``loss_fn(output, target) -> Tensor``.
-        teacher: a teacher model for distillation: run in eval mode under ``no_grad`` on each batch.
-        distill_loss: ``distill_loss(student_output, teacher_output, target) -> Tensor``, required
-            with ``teacher`` (see :mod:`torchcompress.distill`); the training loss is then this,
-            plus ``loss_fn(output, target)`` only if ``loss_fn`` is given explicitly.
+        teacher: a teacher model for distillation: run in eval mode under ``no_grad`` on each batch
+            and never updated (a teacher in train mode is put in eval mode, with a warning, and
+            its modes are restored at the end).
+        distill_loss: ``distill_loss(student_output, teacher_output, target) -> Tensor``: the
+            simple form of distillation (the loop runs the teacher on each batch).
+        distill: a distillation object (:class:`~torchcompress.train.distillation.Distillation`:
+            ``attach``, ``parameters``, ``loss``, ``detach``), such as ``tc.distill.kd()`` or
+            ``tc.distill.Distiller([...])``: any weighted mix of losses on the logits and on
+            named modules of both models, learned adapters (trained with the model), a teacher
+            output cache. With ``teacher``, one of ``distill`` or ``distill_loss`` is required; the
+            training loss is then the distillation loss, plus ``loss_fn(output, target)`` only if
+            ``loss_fn`` is given explicitly (the hard labels belong in the distillation mix:
+            ``"kd"``'s ``alpha``, or a ``"ce"`` term).
         regularizer: ``regularizer(model) -> scalar Tensor`` (or a list of them), added to the loss
             (e.g. a sparsity or low-rank penalty). It receives the unwrapped model.
         callbacks: :class:`Callback` objects (hook order: see :class:`Callback`).
@@ -151,7 +163,8 @@ def finetune(
 
     Raises:
         ConfigError: an argument out of range, an unknown optimizer or scheduler name (the message
-            lists the choices), a teacher without ``distill_loss``, a model without trainable
+            lists the choices), a teacher without ``distill``/``distill_loss`` (or the reverse, or
+            both), a ``distill`` object without the protocol's methods, a model without trainable
             parameters, or ``ddp=True`` outside a distributed launch.
         DataError: ``data`` is empty, a batch does not fit the model (the message names the batch),
             a batch has no target for the loss, or a label is out of range for the model's output
@@ -184,17 +197,26 @@ def finetune(
     if isinstance(scheduler, str):
         SCHEDULERS.get(scheduler)
     check_loss_fn(loss_fn)
-    if teacher is not None and distill_loss is None:
+    if distill is not None and distill_loss is not None:
         raise ConfigError(
-            "finetune: teacher= needs distill_loss=fn(student_output, teacher_output, target), e.g. a "
-            "loss from tc.distill; without it the teacher would be ignored."
+            "finetune: pass distill= (a distillation object) or distill_loss= (a function), not both."
+        )
+    if teacher is not None and distill_loss is None and distill is None:
+        raise ConfigError(
+            "finetune: teacher= needs distill_loss=fn(student_output, teacher_output, target) or "
+            "distill=tc.distill.kd() (or another tc.distill.Distiller); without it the teacher "
+            "would be ignored."
         )
     if distill_loss is not None and teacher is None:
         raise ConfigError("finetune: distill_loss= needs teacher=, the model to distil from.")
+    if distill is not None and teacher is None:
+        raise ConfigError("finetune: distill= needs teacher=, the model to distil from.")
     if teacher is not None and not isinstance(teacher, nn.Module):
         raise ConfigError(f"finetune: teacher must be an nn.Module, got {type(teacher).__name__}.")
     if distill_loss is not None and not callable(distill_loss):
         raise ConfigError("finetune: distill_loss must be callable.")
+    if distill is not None:
+        check_distillation(distill)
     if ddp is not None and not isinstance(ddp, bool | Mapping):
         raise ConfigError(f"finetune: ddp must be None, True, False or a dict, got {ddp!r}.")
     cbs = as_callbacks(callbacks)
@@ -203,6 +225,9 @@ def finetune(
         raise DataError("finetune: data is None; pass a DataLoader or an iterable of batches.")
 
     model = unwrap(model)
+    example = None
+    if distill is not None:  # before sharding: a one-shot iterator gets its first batch back
+        example, data = peek_first(data)
     if (
         device is None
         and ddp is not False
@@ -229,52 +254,71 @@ def finetune(
             f"finetune: {type(model).__name__} has no trainable parameters (all have "
             "requires_grad=False)."
         )
-    opt = build_optimizer(optimizer, params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = build_scheduler(scheduler, opt, total_steps=total_steps, warmup_steps=warmup_steps)
-    state = TrainState(
-        model=model,
-        optimizer=opt,
-        scheduler=sched,
-        total_steps=total_steps,
-        rank=dist_.rank,
-        world_size=dist_.world_size,
-        device=dev,
-    )
-    per_epoch = None if one_shot else count_batches(train_data)
-    loop = Loop(
-        state,
-        dist_,
-        train_data=train_data,
-        sampler=sampler,
-        stop_sync=stop_sync,
-        n_epochs=n_epochs,
-        steps=steps,
-        one_shot=one_shot,
-        params=params,
-        loss_fn=loss_fn,
-        teacher=teacher,
-        distill_loss=distill_loss,
-        regs=regs,
-        callbacks=cbs,
-        eval_data=eval_data,
-        grad_clip=grad_clip,
-        log_every=log_every or (max(1, per_epoch // 10) if per_epoch else 50),
-        ddp_kwargs=dict(ddp) if isinstance(ddp, Mapping) else {},
-        causal=loss_fn is None and is_causal_lm(model),
-    )
-    if dist_.rank == 0:
-        log.info(
-            "finetune: %s on %s, %s epoch(s), %s steps, optimizer %s, lr %g, scheduler %s%s",
-            type(model).__name__,
-            dev,
-            n_epochs if n_epochs is not None else "?",
-            total_steps if total_steps is not None else "?",
-            name_of(optimizer),
-            lr,
-            name_of(scheduler) if scheduler is not None else "constant",
-            f", DDP over {dist_.world_size} ranks" if dist_.active else "",
+    if distill is not None:
+        distill.attach(
+            model,
+            typing.cast(nn.Module, teacher),
+            as_batch(example, pass_labels=loss_fn == "model").to(dev),
         )
-    loop.run(show=progress_enabled(progress) and dist_.rank == 0)
+    try:
+        extra: list[torch.nn.Parameter] = []
+        if distill is not None:
+            own = {id(p) for p in params}
+            extra = [p for p in distill.parameters() if p.requires_grad and id(p) not in own]
+        opt = build_optimizer(
+            optimizer, params, lr=lr, momentum=momentum, weight_decay=weight_decay, extra=extra
+        )
+        sched = build_scheduler(scheduler, opt, total_steps=total_steps, warmup_steps=warmup_steps)
+        state = TrainState(
+            model=model,
+            optimizer=opt,
+            scheduler=sched,
+            total_steps=total_steps,
+            rank=dist_.rank,
+            world_size=dist_.world_size,
+            device=dev,
+        )
+        per_epoch = None if one_shot else count_batches(train_data)
+        loop = Loop(
+            state,
+            dist_,
+            train_data=train_data,
+            sampler=sampler,
+            stop_sync=stop_sync,
+            n_epochs=n_epochs,
+            steps=steps,
+            one_shot=one_shot,
+            params=params + extra,
+            extra_params=extra,
+            loss_fn=loss_fn,
+            teacher=teacher if distill is None else None,
+            distill_loss=distill_loss,
+            distill=distill,
+            regs=regs,
+            callbacks=cbs,
+            eval_data=eval_data,
+            grad_clip=grad_clip,
+            log_every=log_every or (max(1, per_epoch // 10) if per_epoch else 50),
+            ddp_kwargs=dict(ddp) if isinstance(ddp, Mapping) else {},
+            causal=loss_fn is None and is_causal_lm(model),
+        )
+        if dist_.rank == 0:
+            log.info(
+                "finetune: %s on %s, %s epoch(s), %s steps, optimizer %s, lr %g, scheduler %s%s%s",
+                type(model).__name__,
+                dev,
+                n_epochs if n_epochs is not None else "?",
+                total_steps if total_steps is not None else "?",
+                name_of(optimizer),
+                lr,
+                name_of(scheduler) if scheduler is not None else "constant",
+                f", DDP over {dist_.world_size} ranks" if dist_.active else "",
+                f", distilling ({name_of(distill)})" if distill is not None else "",
+            )
+        loop.run(show=progress_enabled(progress) and dist_.rank == 0)
+    finally:
+        if distill is not None:
+            distill.detach()
 
     add_history(
         model,
@@ -291,6 +335,7 @@ def finetune(
             "grad_clip": grad_clip,
             "world_size": dist_.world_size,
             "distilled": teacher is not None,
+            **({"distill": distill_record(distill)} if distill is not None else {}),
         },
     )
     return model
@@ -319,3 +364,14 @@ def plan(
         planned = per_epoch * n_epochs
         return n_epochs, (min(planned, steps) if steps is not None else planned)
     return n_epochs, steps
+
+
+def distill_record(distill: Any) -> Any:
+    """What the history keeps of ``distill=``: its ``to_dict()`` when it has one, else its name."""
+    to_dict = getattr(distill, "to_dict", None)
+    if callable(to_dict):
+        try:
+            return to_dict()
+        except Exception:  # a record is never worth failing the run over
+            pass
+    return name_of(distill)

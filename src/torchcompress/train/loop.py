@@ -67,13 +67,16 @@ class Loop:
         log_every: int,
         ddp_kwargs: dict[str, Any],
         causal: bool = False,
+        distill: Any = None,
+        extra_params: list[torch.nn.Parameter] | None = None,
     ) -> None:
         self.state, self.dist = state, dist_
         self.causal = causal
         self.train_data, self.sampler, self.stop_sync = train_data, sampler, stop_sync
         self.n_epochs, self.steps, self.one_shot = n_epochs, steps, one_shot
         self.params, self.loss_fn, self.regs = params, loss_fn, regs
-        self.teacher, self.distill_loss = teacher, distill_loss
+        self.teacher, self.distill_loss, self.distill = teacher, distill_loss, distill
+        self.extra_params = list(extra_params or [])
         self.teacher_dev = model_device(teacher) if teacher is not None else None
         self.callbacks, self.eval_data = callbacks, eval_data
         self.grad_clip, self.log_every = grad_clip, log_every
@@ -87,6 +90,7 @@ class Loop:
             if dev.type == "cuda":
                 ddp_kwargs.setdefault("device_ids", [dev.index if dev.index is not None else 0])
             self.train_model = DistributedDataParallel(self.model, **ddp_kwargs)
+            dist_.broadcast(self.extra_params)  # learned parts outside the model start equal
         self.bar: Any = None
 
     def run(self, *, show: bool) -> None:
@@ -96,6 +100,13 @@ class Loop:
         try:
             self.model.train()
             if self.teacher is not None:
+                if any(m.training for m in self.teacher.modules()):
+                    log.warning(
+                        "finetune: the teacher %s was in train mode; it runs in eval mode while "
+                        "distilling (BatchNorm statistics and dropout frozen) and its modes are "
+                        "restored afterwards",
+                        type(self.teacher).__name__,
+                    )
                 self.teacher.eval()
             call_hooks(self.callbacks, "on_train_begin", state)
             epoch = 0
@@ -179,6 +190,7 @@ class Loop:
             regs=self.regs,
             state=state,
             causal=self.causal,
+            distill=self.distill,
         )
         # One reduction per step: the loss for logging, and a NaN (or a label out of range) on
         # any rank stops every rank before the backward (where DDP would otherwise wait for the
@@ -203,6 +215,8 @@ class Loop:
                 "model for NaN/Inf."
             )
         loss.backward()
+        if self.extra_params and self.dist.active:
+            self.dist.average_grads(self.extra_params)
         call_hooks(self.callbacks, "on_after_backward", state)
         if self.grad_clip is not None:
             state.grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip))
@@ -305,6 +319,7 @@ def step_loss(
     regs: list[Regularizer],
     state: TrainState,
     causal: bool = False,
+    distill: Any = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], LabelCheck | None]:
     """Forward one batch: the total loss, its (detached) components, and the label check.
 
@@ -316,6 +331,8 @@ def step_loss(
     parts: dict[str, torch.Tensor] = {}
     total: torch.Tensor | None = None
     check: LabelCheck | None = None
+    if distill is not None:
+        total = distillation_loss(distill, output, batch, index=index, parts=parts)
     if teacher is not None and distill_loss is not None:
         tb = batch.to(teacher_dev) if teacher_dev is not None else batch
         with torch.no_grad():
@@ -331,7 +348,7 @@ def step_loss(
         d = d.reshape(())
         parts["distill"] = d.detach()
         total = d
-    if teacher is None or loss_fn is not None:
+    if (teacher is None and distill is None) or loss_fn is not None:
         if loss_fn is None:
             task, _, check = task_loss(
                 extract_logits(output),
@@ -365,3 +382,27 @@ def step_loss(
         parts["regularizer"] = reg_total.detach()
         total = reg_total if total is None else total + reg_total
     return typing.cast(torch.Tensor, total), parts, check
+
+
+def distillation_loss(
+    distill: Any, output: Any, batch: Batch, *, index: int, parts: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """``distill.loss(output, batch)`` checked; its total and components go into ``parts``."""
+    got = distill.loss(output, batch)
+    if not (isinstance(got, tuple) and len(got) == 2):
+        raise ConfigError(
+            f"{name_of(distill)}.loss returned {describe(got)}; it must return (loss, components)."
+        )
+    d, comps = got
+    if not isinstance(d, torch.Tensor) or d.numel() != 1:
+        raise DataError(
+            f"Batch {index} of data: {name_of(distill)}.loss returned {describe(d)} as the loss; "
+            "it must be a scalar tensor."
+        )
+    d = d.reshape(())
+    parts["distill"] = d.detach()
+    for name, v in dict(comps or {}).items():
+        v = torch.as_tensor(v, device=d.device).detach()
+        if v.numel() == 1:
+            parts[f"distill.{name}"] = v.reshape(()).to(d.dtype)
+    return d

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -21,6 +22,8 @@ import torch
 
 from ..errors import ConfigError
 from ..registry import Registry
+
+log = logging.getLogger(__package__)  # "torchcompress.train"
 
 __all__ = ["OPTIMIZERS", "SCHEDULERS"]
 
@@ -103,15 +106,26 @@ def build_optimizer(
     lr: float,
     momentum: float,
     weight_decay: float,
+    extra: list[torch.nn.Parameter] | None = None,
 ) -> torch.optim.Optimizer:
-    """The optimizer ``finetune(optimizer=...)`` asks for: a name, a factory or a ready one."""
+    """The optimizer ``finetune(optimizer=...)`` asks for: a name, a factory or a ready one.
+
+    ``extra``: parameters trained alongside the model's (a distillation's adapters); a ready
+    optimizer that lacks them gets them as a new parameter group with its defaults.
+    """
+    extra = list(extra or [])
     if isinstance(optimizer, torch.optim.Optimizer):
+        have = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        missing = [p for p in extra if id(p) not in have]
+        if missing:
+            log.info("finetune: %d distillation parameter(s) added to the optimizer", len(missing))
+            optimizer.add_param_group({"params": missing})
         return optimizer
     if isinstance(optimizer, str):
         factory = OPTIMIZERS.get(optimizer)
-        return factory(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return factory(params + extra, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if callable(optimizer):
-        opt = optimizer(params, lr=lr)
+        opt = optimizer(params + extra, lr=lr)
         if not isinstance(opt, torch.optim.Optimizer):
             raise ConfigError(
                 f"optimizer factory {name_of(optimizer)} returned {type(opt).__name__}, not a "
