@@ -56,6 +56,7 @@ __all__ = [
     "Form",
     "Rule",
     "Verb",
+    "after",
     "allow",
     "block",
     "carriable",
@@ -65,7 +66,9 @@ __all__ = [
     "check_order",
     "forms_of",
     "layer_forms",
+    "makers",
     "markdown_table",
+    "offences",
     "register_carrier",
     "register_form",
     "register_recogniser",
@@ -85,11 +88,14 @@ class Form:
         name: the key (``"masked"``, ``"fake-quant"``, ...).
         description: one line: what such a layer holds.
         made_by: the verb that puts a layer in this form (``""`` for dense).
+        quantized: its weights are quantized (an integer grid, simulated or real, or a codebook):
+            the verbs that start from a float layer refuse it.
     """
 
     name: str
     description: str
     made_by: str = ""
+    quantized: bool = False
 
 
 @dataclass(frozen=True)
@@ -295,10 +301,63 @@ def _call(verb: str) -> str:
     return f"tc.{verb}"
 
 
-def _offences(forms: frozenset[str], verb: Verb) -> list[tuple[str, Rule]]:
-    if verb.acts_on is not None and not forms & verb.acts_on:
+def offences(forms: frozenset[str], verb: str) -> list[tuple[str, Rule]]:
+    """The forms among ``forms`` (of one layer, or of a whole model) that ``verb`` may not follow.
+
+    Returns:
+        ``(form, rule)`` for each such form, sorted by form; empty when ``verb`` may follow, or
+        when it acts on some forms only (:attr:`Verb.acts_on`) and none of them is in ``forms``.
+
+    Example:
+        >>> from torchcompress import forms
+        >>> [(f, r.first) for f, r in forms.offences(frozenset({"masked", "kmeans"}), "prune")]
+        [('kmeans', 'prune')]
+    """
+    v = VERBS.get(verb)
+    if v.acts_on is not None and not forms & v.acts_on:
         return []  # the verb leaves this layer as it is
-    return [(f, r) for f in sorted(forms) if not (r := rule(f, verb.name)).allowed]
+    return [(f, r) for f in sorted(forms) if not (r := rule(f, v.name)).allowed]
+
+
+def after(forms: frozenset[str], verb: str) -> frozenset[str]:
+    """The forms of a model whose layers are in ``forms`` once ``verb`` has run on it.
+
+    What a recipe or a plan follows before anything runs: the verb adds the form it makes and, if
+    it acts on some forms only, removes those (``tc.convert`` turns fake-quant and QAT into
+    converted); a verb that gives plain layers (``tc.fuse``) adds nothing.
+
+    Example:
+        >>> from torchcompress import forms
+        >>> sorted(forms.after(frozenset({"masked", "fake-quant"}), "convert"))
+        ['converted', 'masked']
+    """
+    v = VERBS.get(verb)
+    kept = forms - v.acts_on if v.acts_on is not None else forms
+    return (kept | {v.makes}) - {DENSE}
+
+
+def makers(form: str) -> tuple[str, ...]:
+    """The verbs that start a layer on its way to ``form``: its maker, or, for a form made from
+    other forms (converted, from fake-quant or QAT), the makers of those.
+
+    Example:
+        >>> from torchcompress import forms
+        >>> forms.makers("converted"), forms.makers("masked"), forms.makers("dense")
+        (('quantize', 'prepare_qat'), ('prune',), ())
+    """
+    out: list[str] = []
+    todo, seen = [form], set()
+    while todo:
+        f = todo.pop(0)
+        if f in seen or not FORMS.get(f).made_by:
+            continue
+        seen.add(f)
+        v = VERBS.get(FORMS.get(f).made_by)
+        if v.acts_on is None or not v.acts_on - seen:
+            out += [] if v.name in out else [v.name]
+        else:
+            todo += sorted(v.acts_on - seen)
+    return tuple(out)
 
 
 def check(
@@ -329,7 +388,7 @@ def check(
     found = layer_forms(model, include=include, exclude=exclude, targets=targets)
     groups: dict[tuple[str, Rule], list[str]] = {}
     for name, forms in found.items():
-        for form, r in _offences(forms, v):
+        for form, r in offences(forms, v.name):
             groups.setdefault((form, r), []).append(name or "(the model itself)")
     if groups:
         n = len({n for names in groups.values() for n in names})
@@ -396,10 +455,22 @@ def markdown_table() -> str:
 _FORMS = [
     Form(DENSE, "a plain layer (Linear, Conv, Hugging Face Conv1D)"),
     Form("masked", "pruning masks on the weight: pruned weights are exact zeros", "prune"),
-    Form("fake-quant", "float master weight, quantization simulated exactly", "quantize"),
-    Form("qat", "fake-quant with trainable quantizers (and folded BatchNorm)", "prepare_qat"),
-    Form("converted", "integer weights and kernels: the deployable layer", "convert"),
-    Form("kmeans", "a codebook and per-weight codes", "kmeans_quantize"),
+    Form(
+        "fake-quant",
+        "float master weight, quantization simulated exactly",
+        "quantize",
+        quantized=True,
+    ),
+    Form(
+        "qat",
+        "fake-quant with trainable quantizers (and folded BatchNorm)",
+        "prepare_qat",
+        quantized=True,
+    ),
+    Form(
+        "converted", "integer weights and kernels: the deployable layer", "convert", quantized=True
+    ),
+    Form("kmeans", "a codebook and per-weight codes", "kmeans_quantize", quantized=True),
     Form("factorized", "two smaller layers (first, second)", "factorize"),
     Form("channel-pruned", "a smaller plain layer: channels removed", "prune_channels"),
 ]
@@ -421,7 +492,7 @@ for _v in _VERBS:
     register_verb(_v)
 
 _FLOAT = "start again from the float model"
-_QUANT_FORMS = ("fake-quant", "qat", "converted", "kmeans")
+_QUANT_FORMS = [f for f in FORMS.names() if FORMS.get(f).quantized]
 
 allow("masked", "prune", "re-prunes: pruned weights stay pruned, sparsity is the new total")
 allow("masked", "finalize", "bakes the mask in: a plain layer with exact zeros")

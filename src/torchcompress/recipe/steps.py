@@ -13,7 +13,8 @@ the same name (``- prune: {sparsity: 0.5}``).
 
 Add a step kind: subclass :class:`Step`, set ``kind`` (and ``config_field`` if it wraps a config),
 implement :meth:`Step.run` (and :meth:`Step.describe`), decorate with :func:`register_step`; declare
-its effect on the model's forms in :mod:`~torchcompress.recipe.orders` if it compresses.
+its effect on the model's forms in :mod:`torchcompress.forms` if it compresses (a verb of its table;
+a step that is not one declares its own rule in :mod:`~torchcompress.recipe.orders`).
 
 Example:
     >>> from torchcompress.recipe.steps import STEPS

@@ -24,7 +24,6 @@ import torchcompress as tc
 
 from ..errors import ConfigError
 from . import specs
-from .orders import Rule, quantized_forbidden, register_effect
 from .steps import Step, StepContext, register_step
 
 __all__ = ["PruneChannelsStep"]
@@ -75,10 +74,3 @@ class PruneChannelsStep(Step):
 
     def describe(self) -> str:
         return self.label() + " (tc.prune_channels: a smaller dense model)"
-
-
-# a plain dense model comes out: it adds no form; a quantized model has no channels to remove
-register_effect(
-    "prune_channels",
-    rule=Rule(quantized_forbidden("prune_channels before quantize/prepare_qat/kmeans_quantize")),
-)
