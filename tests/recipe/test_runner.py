@@ -284,3 +284,8 @@ def test_the_distill_step_is_finetune_with_the_baseline_as_teacher() -> None:
 def test_distill_without_a_compressing_step_before_it_says_what_to_add() -> None:
     with pytest.raises(ConfigError, match="put a compressing step"):
         run(loads(HEAD + "  - distill: {steps: 1}\n"))
+
+
+def test_distill_after_convert_is_refused_before_anything_runs() -> None:
+    with pytest.raises(ConfigError, match="distill before convert"):
+        loads(HEAD + "  - quantize: {}\n  - convert\n  - distill: {steps: 1}\n")

@@ -26,6 +26,7 @@ from torch import nn
 import torchcompress as tc
 
 from ..errors import ConfigError, check_range
+from .orders import Rule, register_effect
 from .steps import StepContext, register_step
 from .steps_compress import FinetuneStep
 
@@ -126,3 +127,15 @@ class DistillStep(FinetuneStep):
             super().describe().replace("fine-tuned", "distilled from the baseline", 1)
             + f", {self.method} at temperature {self.temperature:g}"
         )
+
+
+# training needs float weights: like finetune, distill comes before convert
+register_effect(
+    "distill",
+    rule=Rule(
+        {
+            "converted": "the model is converted (it stores integers and cannot train): distill "
+            "before convert"
+        }
+    ),
+)
