@@ -508,8 +508,11 @@ class FinetuneStep(Step):
             check_range("grad_clip", self.grad_clip, 0, low_inclusive=False, owner="finetune")
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
-        model = ctx.need_model(self.kind)
-        data = ctx.need_data(self.kind)
+        return self.train(ctx, ctx.need_model(self.kind), ctx.need_data(self.kind))
+
+    def train(self, ctx: StepContext, model: nn.Module, data: Any, **extra: Any) -> dict[str, Any]:
+        """``tc.finetune`` with the step's fields (and ``extra`` arguments, e.g. a teacher); the
+        trained model becomes ``ctx.model``; the last epoch's figures are returned."""
         trained: nn.Module = tc.finetune(
             model,
             data.train,
@@ -527,6 +530,7 @@ class FinetuneStep(Step):
             device=ctx.device,
             log_every=self.log_every,
             progress=ctx.progress,
+            **extra,
         )
         ctx.model = trained.eval()
         history = tc.train.training_history(trained)

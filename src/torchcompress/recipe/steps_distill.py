@@ -90,33 +90,7 @@ class DistillStep(FinetuneStep):
                 "step), and no step has compressed the model yet; put a compressing step (prune, "
                 "prune_channels, quantize, factorize, ...) before distill."
             )
-        trained: nn.Module = tc.finetune(
-            model,
-            data.train,
-            epochs=self.epochs,
-            steps=self.steps,
-            lr=self.lr,
-            optimizer=self.optimizer,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            scheduler=self.scheduler,
-            warmup_steps=self.warmup_steps,
-            loss_fn=self.loss_fn,
-            grad_clip=self.grad_clip,
-            eval_data=data.test if self.eval else None,
-            device=ctx.device,
-            log_every=self.log_every,
-            progress=ctx.progress,
-            teacher=ctx.reference,
-            distill=self.distiller(),
-        )
-        ctx.model = trained.eval()
-        history = tc.train.training_history(trained)
-        last = history[-1] if history else {}
-        return {
-            "epochs": len(history),
-            **{k: v for k, v in last.items() if isinstance(v, int | float) and k != "epoch"},
-        }
+        return self.train(ctx, model, data, teacher=ctx.reference, distill=self.distiller())
 
     def label(self) -> str:
         amount = super().label().replace("fine-tuned", "distilled", 1)
