@@ -19,7 +19,7 @@ PKG = "torchcompress"
 # component under the package decides the floor; unknown components fail the test (add them here).
 FLOORS: list[set[str]] = [
     # 0: ground (pure helpers, no torchcompress machinery besides each other)
-    {"_version", "errors", "registry", "config", "select", "batches", "progress", "costs"},
+    {"_version", "errors", "registry", "config", "select", "state", "batches", "progress", "costs"},
     # 1: the shared model of layers and forms
     {"layers", "forms"},
     # 2: shared machinery

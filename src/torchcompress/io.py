@@ -43,6 +43,10 @@ from torch import nn
 from ._version import __version__
 from .errors import CompressionStateError, DataError, PathNotFoundError, SelectionError
 from .select import get_module, set_module
+from .state import has_module as _has_module
+from .state import load_state as _load_state
+from .state import tie_aliases as _tie_aliases
+from .state import untie_unshared as _untie_unshared
 
 __all__ = [
     "ModuleCodec",
@@ -592,83 +596,3 @@ def load(
             codec.after_load_model(model, name)
     object.__setattr__(model, _HISTORY_ATTR, list(desc.get("history", [])))
     return model
-
-
-def _owner_and_attr(model: nn.Module, key: str) -> tuple[nn.Module, str] | None:
-    owner_name, _, attr = key.rpartition(".")
-    try:
-        owner = get_module(model, owner_name)
-    except SelectionError:
-        return None
-    if attr in owner._parameters or attr in owner._buffers:
-        return owner, attr
-    return None
-
-
-def _slot(model: nn.Module, key: str) -> torch.Tensor | None:
-    found = _owner_and_attr(model, key)
-    if found is None:
-        return None
-    owner, attr = found
-    return owner._parameters.get(attr, owner._buffers.get(attr))
-
-
-def _tie_aliases(model: nn.Module, aliases: dict[str, str]) -> None:
-    """Make every tensor the file stored once (``alias -> key``) one tensor of the model again.
-
-    Modules rebuilt by a codec hold tensors of their own (a fake-quant ``lm_head`` made from a
-    Linear tied to the embedding): after the values are loaded, the alias's slot is pointed at the
-    key's tensor, so tied weights are tied again whatever rebuilt their modules.
-    """
-    for alias, key in aliases.items():
-        target = _slot(model, key)
-        found = _owner_and_attr(model, alias)
-        if target is None or found is None:
-            continue
-        owner, attr = found
-        current = owner._parameters.get(attr, owner._buffers.get(attr))
-        if current is target or current is None or current.shape != target.shape:
-            continue
-        if attr in owner._parameters:
-            owner._parameters[attr] = target  # type: ignore[assignment]
-        else:
-            owner._buffers[attr] = target
-
-
-def _untie_unshared(model: nn.Module, aliases: dict[str, str], stored: set[str]) -> None:
-    """Give tensors the fresh model ties but the file stores separately a slot of their own, so
-    loading the second value does not overwrite the first."""
-    seen: dict[int, str] = {}
-    for key, t in model.state_dict(keep_vars=True).items():
-        if not isinstance(t, torch.Tensor):
-            continue
-        first = seen.setdefault(id(t), key)
-        if first == key or key not in stored or first not in stored:
-            continue
-        if aliases.get(key) == first or aliases.get(first) == key:
-            continue
-        found = _owner_and_attr(model, key)
-        if found is None:
-            continue
-        owner, attr = found
-        if attr in owner._parameters:
-            p = owner._parameters[attr]
-            owner._parameters[attr] = nn.Parameter(p.detach().clone(), p.requires_grad)  # type: ignore[union-attr]
-        else:
-            owner._buffers[attr] = t.detach().clone()
-
-
-def _has_module(model: nn.Module, name: str) -> bool:
-    try:
-        get_module(model, name)
-    except SelectionError:
-        return False
-    return True
-
-
-def _load_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
-    try:
-        result = model.load_state_dict(tensors, strict=False)
-    except RuntimeError as e:  # size mismatch
-        raise CompressionStateError(f"The file's tensors do not fit the model: {e}") from e
-    return list(result.missing_keys), list(result.unexpected_keys)
